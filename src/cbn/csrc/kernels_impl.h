@@ -1,0 +1,886 @@
+/* kernels_impl.h - the three batch-norm kernels, written once for both element types.
+ *
+ * Included by cbn_f32.c and cbn_f64.c with T (element type), SFX (name suffix) and
+ * STATS_MAX_CANCEL defined. Every kernel has the same shape:
+ *   1. reduce:   each chunk of a channel (channels-first) or each row block x column tile
+ *                (channels-last) gives per-channel partial sums, in double;
+ *   2. finalize: a channel's partials are added in chunk order, giving its coefficients;
+ *   3. apply:    one elementwise pass writes the output from the coefficients.
+ * Chunk bounds depend only on the shape and partials are added in a fixed order, so results are
+ * bit-identical for every thread count.
+ *
+ * Statistics. Training sums d = x - pivot and d^2 with the pivot the channel's first value, so
+ * partials simply add up. That is exact unless the pivot lies far from the mean: then sum(d^2)
+ * dwarfs M2 = sum((x - mean)^2) and digits cancel. When more than a factor STATS_MAX_CANCEL of
+ * the magnitude would cancel, the channel is summed again around its mean (a true two-pass),
+ * which cancels nothing. float keeps about 2^-28 relative accuracy in M2 this way, double 2^-44.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cbn.h"
+#include "plan.h"
+#include "omp_compat.h"
+#include "stream_store.h"
+
+#ifndef STATS_MAX_CANCEL
+#error "define STATS_MAX_CANCEL before including kernels_impl.h"
+#endif
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+typedef enum { OP_TRAIN, OP_BACKWARD, OP_INFER } FN(op);
+
+/* Per-channel coefficients of the elementwise pass, in the element type so that the pass runs at
+ * full SIMD width:
+ *   train:    y  = (x - center) * scale + shift     center = T(mean); shift absorbs the rounding
+ *                                                    of the mean, so float32 data far from zero
+ *                                                    keep their precision (x - center is exact)
+ *   infer:    y  = x * scale + shift
+ *   backward: dx = scale*dy + b*(x - center) + shift   (center = save_mean)  */
+enum { K_CENTER, K_SCALE, K_SHIFT, K_B, N_COEF };
+
+/* Everything a kernel call reads and writes. */
+typedef struct {
+    FN(op) op;
+    cbn_plan plan;
+    const T *x, *dy;
+    T *out;                       /* y or dx */
+    const T *weight, *bias;
+    /* train */
+    T *running_mean, *running_var;
+    double momentum, eps;
+    int unbiased_running_var;
+    T *save_mean, *save_invstd;
+    /* backward */
+    const T *in_mean, *in_invstd;
+    T *dweight, *dbias;
+    /* scratch */
+    double *partials;             /* 2 per chunk (channels-first) or per row block x channel */
+    double *pivot;                /* C: training's shift of each channel */
+    double *sums;                 /* 2*C: channels-last folded sums */
+    T *coef[N_COEF];              /* C each */
+    unsigned char *again;         /* C: channels-last channels to sum again around the mean */
+    int stream;                   /* write the output with streaming stores (it exceeds cache) */
+    char *column_scratch;         /* channels-first column mode: per-thread work arrays */
+} FN(job);
+
+/* ---- contiguous-run primitives -------------------------------------------------------------
+ * `omp simd reduction` vectorizes the double accumulations in an order fixed at compile time. */
+
+/* s[0] += sum(x - pivot), s[1] += sum((x - pivot)^2) */
+static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, double *s)
+{
+    double a = 0.0, q = 0.0;
+#pragma omp simd reduction(+ : a, q)
+    for (int64_t i = 0; i < n; i++) {
+        const double d = (double)p[i] - pivot;
+        a += d;
+        q += d * d;
+    }
+    s[0] += a;
+    s[1] += q;
+}
+
+/* s[0] += sum(dy), s[1] += sum(dy * (x - mean)) */
+static void FN(run_dy_sums)(const T *restrict dy, const T *restrict x, int64_t n, double mean,
+                            double *s)
+{
+    double a = 0.0, q = 0.0;
+#pragma omp simd reduction(+ : a, q)
+    for (int64_t i = 0; i < n; i++) {
+        const double g = (double)dy[i];
+        a += g;
+        q += g * ((double)x[i] - mean);
+    }
+    s[0] += a;
+    s[1] += q;
+}
+
+/* One run of the elementwise pass; out may be x (or dy). */
+static void FN(run_apply)(FN(op) op, const T *x, const T *dy, T *out, int64_t n, const T *k)
+{
+    const T center = k[K_CENTER], scale = k[K_SCALE], shift = k[K_SHIFT], b = k[K_B];
+    if (op == OP_INFER) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale + shift;
+    } else if (op == OP_TRAIN) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) out[i] = (x[i] - center) * scale + shift;
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + b * (x[i] - center) + shift;
+    }
+}
+
+/* ---- finalize: a channel's summed partials -> coefficients and per-channel outputs --------- */
+
+/* Training. s = sum(x - pivot), q = sum((x - pivot)^2) over the channel's M values. Returns 1
+ * (and writes nothing) when too much cancelled and the channel must be summed again around
+ * `*mean_out`; `accept` forces a result (used for that second sum). */
+static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double s, double q,
+                              int accept, int write_outputs, T *kc, double *mean_out)
+{
+    const double M = (double)jb->plan.M;
+    const double mean = pivot + s / M;
+    double m2 = q - s * (s / M);
+    *mean_out = mean;
+    if (!accept && q > STATS_MAX_CANCEL * m2) return 1;   /* also catches m2 <= 0 < q */
+    if (m2 < 0.0) m2 = 0.0;
+    const double var = m2 / M;
+    const double invstd = 1.0 / sqrt(var + jb->eps);
+    const double scale = (jb->weight ? (double)jb->weight[c] : 1.0) * invstd;
+    kc[K_CENTER] = (T)mean;
+    kc[K_SCALE] = (T)scale;
+    kc[K_SHIFT] = (T)((jb->bias ? (double)jb->bias[c] : 0.0) -
+                      (mean - (double)kc[K_CENTER]) * scale);
+    kc[K_B] = 0;
+    if (!write_outputs) return 0;
+    if (jb->save_mean) jb->save_mean[c] = (T)mean;
+    if (jb->save_invstd) jb->save_invstd[c] = (T)invstd;
+    if (jb->running_mean) {
+        const double m = jb->momentum;
+        const double run_var = jb->unbiased_running_var ? m2 / (M - 1.0) : var;
+        jb->running_mean[c] = (T)((1.0 - m) * (double)jb->running_mean[c] + m * mean);
+        jb->running_var[c] = (T)((1.0 - m) * (double)jb->running_var[c] + m * run_var);
+    }
+    return 0;
+}
+
+/* Backward. sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - mean)). */
+static void FN(finalize_backward)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
+                                  int write_outputs, T *kc)
+{
+    const double M = (double)jb->plan.M;
+    const double w = jb->weight ? (double)jb->weight[c] : 1.0;
+    const double invstd = (double)jb->in_invstd[c];
+    const double a = w * invstd;
+    kc[K_CENTER] = jb->in_mean[c];
+    kc[K_SCALE] = (T)a;
+    kc[K_SHIFT] = (T)(-a * sum_dy / M);
+    kc[K_B] = (T)(-a * invstd * invstd * sum_dy_xmu / M);
+    if (!write_outputs) return;
+    if (jb->dweight) jb->dweight[c] = (T)(sum_dy_xmu * invstd);
+    if (jb->dbias) jb->dbias[c] = (T)sum_dy;
+}
+
+/* ---- channels-first ------------------------------------------------------------------------
+ * Channel c holds N runs of S contiguous values, run n at offset (n*C + c)*S. Its M = N*S values,
+ * numbered m = n*S + s, are cut into K chunks of plan.chunk values; chunk k of channel c is unit
+ * u = c*K + k and owns partials part[2u], part[2u+1]. A chunk's partials are accumulated over
+ * its pieces (a run cut at chunk bounds) in increasing m whichever traversal visits them, and a
+ * channel's chunks are added in increasing k, so nothing depends on how work was spread. */
+
+/* Offset and length of the contiguous piece of channel c that starts at value m (capped at
+ * m_end). */
+static inline int64_t cf_piece(const cbn_plan *p, int64_t c, int64_t m, int64_t m_end,
+                               int64_t *len)
+{
+    const int64_t n = m / p->S, s = m - n * p->S;
+    int64_t l = p->S - s;
+    if (l > m_end - m) l = m_end - m;
+    *len = l;
+    return (n * p->C + c) * p->S + s;
+}
+
+static inline int64_t cf_chunk_end(const cbn_plan *p, int64_t k)
+{
+    return (k + 1) * p->chunk < p->M ? (k + 1) * p->chunk : p->M;
+}
+
+/* for each piece (off, len) of chunk k of channel c, in increasing m */
+#define CF_FOR_PIECES(p, c, k, off, len)                                                        \
+    for (int64_t m_ = (k) * (p)->chunk, m_end_ = cf_chunk_end(p, k), len = 0,                   \
+                 off = cf_piece(p, c, m_, m_end_, &len);                                        \
+         m_ < m_end_; m_ += len, off = m_ < m_end_ ? cf_piece(p, c, m_, m_end_, &len) : 0)
+
+/* Asks for the cache lines of [p, p + n) ahead of use. The hardware prefetcher follows a stream
+ * within a page but not the jump from one channel's run to the next, so the reduce passes name
+ * the next run themselves. */
+static inline void FN(prefetch)(const T *p, int64_t n)
+{
+#if defined(__GNUC__)
+    const char *b = (const char *)p, *e = (const char *)(p + n);
+    for (; b < e; b += 64) __builtin_prefetch(b, 0, 3);
+#else
+    (void)p, (void)n;
+#endif
+}
+
+static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off, int64_t len,
+                                       double pivot, double *acc)
+{
+    if (jb->op == OP_TRAIN) FN(run_shifted_sums)(jb->x + off, len, pivot, acc);
+    else FN(run_dy_sums)(jb->dy + off, jb->x + off, len, (double)jb->in_mean[c], acc);
+}
+
+/* Partials of chunk k of channel c (pivot: training's shift). */
+static void FN(cf_reduce_chunk)(const FN(job) *jb, int64_t c, int64_t k, double pivot,
+                                double *acc)
+{
+    acc[0] = acc[1] = 0.0;
+    CF_FOR_PIECES(&jb->plan, c, k, off, len) FN(cf_reduce_piece)(jb, c, off, len, pivot, acc);
+}
+
+/* Partials of channels [c0, c1) in storage order (n outer): long contiguous streams that the
+ * hardware prefetches well, instead of one short run per channel and n. */
+static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, double *part)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t K = p->n_chunks, S = p->S;
+    memset(part + 2 * c0 * K, 0, sizeof(double) * (size_t)(2 * (c1 - c0) * K));
+    for (int64_t n = 0; n < p->N; n++)
+        for (int64_t c = c0; c < c1; c++) {
+            const int64_t base = (n * p->C + c) * S;
+            const double pivot = jb->op == OP_TRAIN ? jb->pivot[c] : 0.0;
+            if (n + 1 < p->N) {      /* the same channel's next run */
+                FN(prefetch)(jb->x + base + p->C * S, S);
+                if (jb->dy) FN(prefetch)(jb->dy + base + p->C * S, S);
+            }
+            for (int64_t s = 0; s < S;) {
+                const int64_t m = n * S + s, k = m / p->chunk;
+                int64_t len = (k + 1) * p->chunk - m;
+                if (len > S - s) len = S - s;
+                FN(cf_reduce_piece)(jb, c, base + s, len, pivot, part + 2 * (c * K + k));
+                s += len;
+            }
+        }
+}
+
+/* Sum of a channel's chunk partials, in chunk order. */
+static void FN(cf_fold)(const cbn_plan *p, int64_t c, const double *part, double *s)
+{
+    const double *pc = part + 2 * c * p->n_chunks;
+    s[0] = s[1] = 0.0;
+    for (int64_t k = 0; k < p->n_chunks; k++) {
+        s[0] += pc[2 * k];
+        s[1] += pc[2 * k + 1];
+    }
+}
+
+/* Finalize channel c from its chunk partials. For training, a channel whose one-pass sums
+ * cancelled is summed again around its mean, chunk by chunk, by the calling thread. */
+static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, int write_outputs,
+                            T *kc)
+{
+    double s[2];
+    FN(cf_fold)(&jb->plan, c, part, s);
+    if (jb->op == OP_BACKWARD) {
+        FN(finalize_backward)(jb, c, s[0], s[1], write_outputs, kc);
+        return;
+    }
+    double mean;
+    if (!FN(finalize_train)(jb, c, jb->pivot[c], s[0], s[1], 0, write_outputs, kc, &mean))
+        return;
+    double t[2] = {0.0, 0.0}, chunk[2];
+    for (int64_t k = 0; k < jb->plan.n_chunks; k++) {
+        FN(cf_reduce_chunk)(jb, c, k, mean, chunk);
+        t[0] += chunk[0];
+        t[1] += chunk[1];
+    }
+    FN(finalize_train)(jb, c, mean, t[0], t[1], 1, write_outputs, kc, &mean);
+}
+
+/* Elementwise pass over values [off, off+len) of one channel; with jb->stream, each block is
+ * computed in L1 and then streamed out. */
+static void FN(cf_apply_piece)(const FN(job) *jb, int64_t off, int64_t len, const T *kc)
+{
+    const T *dy = jb->dy ? jb->dy + off : NULL;
+    if (!jb->stream) {
+        FN(run_apply)(jb->op, jb->x + off, dy, jb->out + off, len, kc);
+        return;
+    }
+    T buf[CBN_STREAM_BLOCK];
+    for (int64_t i = 0; i < len; i += CBN_STREAM_BLOCK) {
+        const int64_t n = len - i < CBN_STREAM_BLOCK ? len - i : CBN_STREAM_BLOCK;
+        FN(run_apply)(jb->op, jb->x + off + i, dy ? dy + i : NULL, buf, n, kc);
+        cbn_stream_bytes(jb->out + off + i, buf, sizeof(T) * (size_t)n);
+    }
+}
+
+static void FN(cf_apply_chunk)(const FN(job) *jb, int64_t c, int64_t k, const T *kc)
+{
+    CF_FOR_PIECES(&jb->plan, c, k, off, len) FN(cf_apply_piece)(jb, off, len, kc);
+}
+
+/* Runs r0 .. r1-1 in storage order (run r is (n, c) = (r / C, r % C)), coefficients from
+ * jb->coef. */
+static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
+{
+    const int64_t C = jb->plan.C, S = jb->plan.S;
+    int64_t c = r0 % C;
+    for (int64_t r = r0; r < r1; r++) {
+        const T kc[N_COEF] = {jb->coef[K_CENTER][c], jb->coef[K_SCALE][c], jb->coef[K_SHIFT][c],
+                              jb->coef[K_B][c]};
+        FN(cf_apply_piece)(jb, r * S, S, kc);
+        if (++c == C) c = 0;
+    }
+}
+
+/* Thread t owns the contiguous unit range [u0, u1). Channels whose chunks all lie in its range
+ * are processed in groups that fit in cache: reduce the group, finalize its channels, apply the
+ * group while it is still cached, so x crosses DRAM once. A channel cut by a range boundary
+ * (at most two per thread) is reduced chunk by chunk, and finished after a barrier: every
+ * thread holding part of it folds the same partials in the same order, so all get the same
+ * bits; the thread holding its last chunk writes the per-channel outputs. */
+static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char *scratch);
+static size_t FN(column_scratch_bytes)(void);
+
+static void FN(cf_run_job)(const FN(job) *jb)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t U = p->n_units, K = p->n_chunks, C = p->C;
+    /* channels per group: the group's input and output bytes fit the per-core cache budget */
+    const int64_t arrays = jb->op == OP_BACKWARD ? 3 : 2;
+    int64_t group = CBN_GROUP_BYTES / (p->M * arrays * (int64_t)sizeof(T));
+    if (group < 1) group = 1;
+    double *part = jb->partials;
+#pragma omp parallel num_threads(p->n_threads)
+    {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
+        if (p->columns) {         /* units are whole channels here */
+            int64_t g = CBN_COLUMN_WIDTH / p->S;
+            if (g > group) g = group;
+            char *scratch = jb->column_scratch + (size_t)t * FN(column_scratch_bytes)();
+            for (int64_t g0 = u0; g0 < u1; g0 += g)
+                FN(cf_column_group)(jb, g0, g0 + g < u1 ? g0 + g : u1, scratch);
+            cbn_stream_fence();
+        } else {
+        const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
+        T kc[N_COEF];
+        for (int64_t u = u0; u < u1 && u < own0 * K; u++)
+            FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+                                part + 2 * u);
+        for (int64_t g0 = own0; g0 < own1; g0 += group) {
+            const int64_t g1 = g0 + group < own1 ? g0 + group : own1;
+            FN(cf_reduce_group)(jb, g0, g1, part);
+            for (int64_t c = g0; c < g1; c++) {
+                FN(cf_finalize)(jb, c, part, 1, kc);
+                for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+            }
+            for (int64_t n = 0; n < p->N; n++) FN(cf_apply_runs)(jb, n * C + g0, n * C + g1);
+        }
+        for (int64_t u = own1 * K > u0 ? own1 * K : u0; u < u1; u++)
+            FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+                                part + 2 * u);
+#pragma omp barrier
+        int64_t cur = -1;
+        for (int64_t u = u0; u < u1; u++) {
+            const int64_t c = u / K, k = u - c * K;
+            if (c >= own0 && c < own1) continue;                /* finished before the barrier */
+            if (c != cur) {
+                cur = c;
+                FN(cf_finalize)(jb, c, part, (c + 1) * K - 1 < u1, kc);
+            }
+            FN(cf_apply_chunk)(jb, c, k, kc);
+        }
+        cbn_stream_fence();
+        }
+    }
+}
+
+/* ---- channels-last: unit = (row block, column tile) ----------------------------------------
+ * Partials are structure-of-arrays: first sums at part[rb*C + c], second at
+ * part[n_row_blocks*C + rb*C + c]. */
+
+typedef struct { int64_t r0, r1, c0, w; } FN(tile);
+
+static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
+{
+    const int64_t rb = u / p->n_col_tiles, ct = u - rb * p->n_col_tiles;
+    FN(tile) t;
+    t.r0 = rb * p->row_block;
+    t.r1 = t.r0 + p->row_block < p->rows ? t.r0 + p->row_block : p->rows;
+    t.c0 = ct * p->col_tile;
+    t.w = t.c0 + p->col_tile < p->C ? p->col_tile : p->C - t.c0;
+    return t;
+}
+
+/* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
+ * Four rows per step keep the accumulators' memory traffic below the data's. */
+static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double *restrict pivot,
+                                double *restrict s, double *restrict q)
+{
+    int64_t r = t.r0;
+    for (; r + 4 <= t.r1; r += 4) {
+        const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
+                *restrict x3 = x2 + C;
+#pragma omp simd
+        for (int64_t j = 0; j < t.w; j++) {
+            const double p = pivot[j];
+            const double d0 = (double)x0[j] - p, d1 = (double)x1[j] - p, d2 = (double)x2[j] - p,
+                         d3 = (double)x3[j] - p;
+            s[j] += (d0 + d1) + (d2 + d3);
+            q[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+        }
+    }
+    for (; r < t.r1; r++) {
+        const T *restrict xr = x + r * C + t.c0;
+#pragma omp simd
+        for (int64_t j = 0; j < t.w; j++) {
+            const double d = (double)xr[j] - pivot[j];
+            s[j] += d;
+            q[j] += d * d;
+        }
+    }
+}
+
+/* Column sums s[j] = sum_r dy, q[j] = sum_r dy*(x - mean[j]), four rows per step. */
+static void FN(cl_dy_sums)(const T *x, const T *dy, int64_t C, FN(tile) t,
+                           const T *restrict mean, double *restrict s, double *restrict q)
+{
+    int64_t r = t.r0;
+    for (; r + 4 <= t.r1; r += 4) {
+        const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
+                *restrict x3 = x2 + C;
+        const T *restrict g0 = dy + r * C + t.c0, *restrict g1 = g0 + C, *restrict g2 = g1 + C,
+                *restrict g3 = g2 + C;
+#pragma omp simd
+        for (int64_t j = 0; j < t.w; j++) {
+            const double m = (double)mean[j];
+            const double e0 = (double)g0[j], e1 = (double)g1[j], e2 = (double)g2[j],
+                         e3 = (double)g3[j];
+            s[j] += (e0 + e1) + (e2 + e3);
+            q[j] += (e0 * ((double)x0[j] - m) + e1 * ((double)x1[j] - m)) +
+                    (e2 * ((double)x2[j] - m) + e3 * ((double)x3[j] - m));
+        }
+    }
+    for (; r < t.r1; r++) {
+        const T *restrict xr = x + r * C + t.c0, *restrict gr = dy + r * C + t.c0;
+#pragma omp simd
+        for (int64_t j = 0; j < t.w; j++) {
+            const double e = (double)gr[j];
+            s[j] += e;
+            q[j] += e * ((double)xr[j] - (double)mean[j]);
+        }
+    }
+}
+
+static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u)
+{
+    const cbn_plan *p = &jb->plan;
+    const FN(tile) t = FN(unit_tile)(p, u);
+    const int64_t at = (t.r0 / p->row_block) * p->C + t.c0;
+    double *s = jb->partials + at, *q = jb->partials + p->n_row_blocks * p->C + at;
+    memset(s, 0, sizeof(double) * (size_t)t.w);
+    memset(q, 0, sizeof(double) * (size_t)t.w);
+    if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, p->C, t, jb->pivot + t.c0, s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, p->C, t, jb->in_mean + t.c0, s, q);
+}
+
+/* Channel sums over row blocks, in row-block order, for channels [c0, c1) (vectorized across
+ * channels). */
+static void FN(cl_fold)(const FN(job) *jb, int64_t c0, int64_t c1)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t C = p->C, B = p->n_row_blocks;
+    double *restrict s = jb->sums, *restrict q = jb->sums + C;
+    const double *ps = jb->partials, *pq = jb->partials + B * C;
+    for (int64_t c = c0; c < c1; c++) s[c] = q[c] = 0.0;
+    for (int64_t rb = 0; rb < B; rb++)
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            s[c] += ps[rb * C + c];
+            q[c] += pq[rb * C + c];
+        }
+}
+
+/* One row segment of the elementwise pass, four rows per step where possible so that the
+ * coefficient loads are shared. */
+static void FN(cl_apply_rows)(FN(op) op, T *const *coef, const T *x, const T *dy, T *o,
+                              int64_t rows, int64_t stride, int64_t w)
+{
+    const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
+            *restrict shift = coef[K_SHIFT], *restrict b = coef[K_B];
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const T *x0 = x + r * stride, *x1 = x0 + stride, *x2 = x1 + stride, *x3 = x2 + stride;
+        T *o0 = o + r * stride, *o1 = o0 + stride, *o2 = o1 + stride, *o3 = o2 + stride;
+        if (op == OP_INFER) {
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) {
+                const T s = scale[j], h = shift[j];
+                o0[j] = x0[j] * s + h;
+                o1[j] = x1[j] * s + h;
+                o2[j] = x2[j] * s + h;
+                o3[j] = x3[j] * s + h;
+            }
+        } else if (op == OP_TRAIN) {
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) {
+                const T m = center[j], s = scale[j], h = shift[j];
+                o0[j] = (x0[j] - m) * s + h;
+                o1[j] = (x1[j] - m) * s + h;
+                o2[j] = (x2[j] - m) * s + h;
+                o3[j] = (x3[j] - m) * s + h;
+            }
+        } else {
+            const T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride,
+                    *g3 = g2 + stride;
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) {
+                const T m = center[j], s = scale[j], h = shift[j], bb = b[j];
+                o0[j] = s * g0[j] + bb * (x0[j] - m) + h;
+                o1[j] = s * g1[j] + bb * (x1[j] - m) + h;
+                o2[j] = s * g2[j] + bb * (x2[j] - m) + h;
+                o3[j] = s * g3[j] + bb * (x3[j] - m) + h;
+            }
+        }
+    }
+    for (; r < rows; r++) {
+        const T *xr = x + r * stride;
+        T *orow = o + r * stride;
+        if (op == OP_INFER) {
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) orow[j] = xr[j] * scale[j] + shift[j];
+        } else if (op == OP_TRAIN) {
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) orow[j] = (xr[j] - center[j]) * scale[j] + shift[j];
+        } else {
+            const T *g = dy + r * stride;
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++)
+                orow[j] = scale[j] * g[j] + b[j] * (xr[j] - center[j]) + shift[j];
+        }
+    }
+}
+
+/* Rows of the elementwise pass with per-column coefficients; with jb->stream, each row is
+ * computed into buf (w values) and streamed out. */
+static void FN(apply_rows)(const FN(job) *jb, T *const *coef, const T *x, const T *dy, T *out,
+                           int64_t rows, int64_t stride, int64_t w, T *buf)
+{
+    if (!jb->stream) {
+        FN(cl_apply_rows)(jb->op, coef, x, dy, out, rows, stride, w);
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        FN(cl_apply_rows)(jb->op, coef, x + r * stride, dy ? dy + r * stride : NULL, buf, 1,
+                          stride, w);
+        cbn_stream_bytes(out + r * stride, buf, sizeof(T) * (size_t)w);
+    }
+}
+
+static void FN(cl_apply_unit)(const FN(job) *jb, int64_t u)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t C = p->C;
+    const FN(tile) t = FN(unit_tile)(p, u);
+    T *coef[N_COEF];
+    for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + t.c0;
+    T buf[CBN_MAX_COL_TILE];
+    FN(apply_rows)(jb, coef, jb->x + t.r0 * C + t.c0, jb->dy ? jb->dy + t.r0 * C + t.c0 : NULL,
+                   jb->out + t.r0 * C + t.c0, t.r1 - t.r0, C, t.w, buf);
+}
+
+/* ---- channels-first with short runs (plan.columns) -----------------------------------------
+ * With S small, one run per (n, c) is too short to stream or vectorize well. Channels [g0, g1)
+ * are then the columns [g0*S, g1*S) of the matrix x[n][c*S + s] and go through the
+ * channels-last loops: column sums over n, then each channel adds its S columns in order. A
+ * channel is never split between threads in this mode, so this is its only summation order. */
+
+enum { COLUMN_DOUBLES = 3, COLUMN_TS = N_COEF + 1 };   /* per column of the scratch */
+
+static size_t FN(column_scratch_bytes)(void)
+{
+    return (sizeof(double) * COLUMN_DOUBLES + sizeof(T) * COLUMN_TS) * CBN_COLUMN_WIDTH;
+}
+
+/* Channel c's sums from its S column sums (columns relative to the group start g0). */
+static void FN(fold_columns)(const double *s, const double *q, int64_t S, int64_t j0,
+                             double *sums)
+{
+    sums[0] = sums[1] = 0.0;
+    for (int64_t j = j0; j < j0 + S; j++) {
+        sums[0] += s[j];
+        sums[1] += q[j];
+    }
+}
+
+static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char *scratch)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t S = p->S, stride = p->C * S, w = (g1 - g0) * S;
+    const int64_t W = CBN_COLUMN_WIDTH;
+    double *s = (double *)scratch, *q = s + W, *col = q + W;   /* col: pivot per column */
+    T *coef[N_COEF];
+    for (int i = 0; i < N_COEF; i++) coef[i] = (T *)(col + W) + i * W;
+    T *buf = (T *)(col + W) + N_COEF * W;
+    FN(tile) t = {0, p->N, g0 * S, w};
+    for (int64_t c = g0; c < g1; c++)
+        for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) {
+            if (jb->op == OP_TRAIN) col[j] = jb->pivot[c];
+            else coef[K_CENTER][j] = jb->in_mean[c];
+        }
+    memset(s, 0, sizeof(double) * (size_t)w);
+    memset(q, 0, sizeof(double) * (size_t)w);
+    if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, stride, t, col, s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, stride, t, coef[K_CENTER], s, q);
+    for (int64_t c = g0; c < g1; c++) {
+        const int64_t j0 = (c - g0) * S;
+        double sums[2], mean;
+        T kc[N_COEF];
+        FN(fold_columns)(s, q, S, j0, sums);
+        if (jb->op == OP_BACKWARD) {
+            FN(finalize_backward)(jb, c, sums[0], sums[1], 1, kc);
+        } else if (FN(finalize_train)(jb, c, jb->pivot[c], sums[0], sums[1], 0, 1, kc, &mean)) {
+            /* cancelled: sum this channel's columns again around its mean */
+            FN(tile) tc = {0, p->N, c * S, S};
+            for (int64_t j = j0; j < j0 + S; j++) col[j] = mean, s[j] = q[j] = 0.0;
+            FN(cl_shifted_sums)(jb->x, stride, tc, col + j0, s + j0, q + j0);
+            FN(fold_columns)(s, q, S, j0, sums);
+            FN(finalize_train)(jb, c, mean, sums[0], sums[1], 1, 1, kc, &mean);
+        }
+        for (int i = 0; i < N_COEF; i++)
+            for (int64_t j = j0; j < j0 + S; j++) coef[i][j] = kc[i];
+    }
+    FN(apply_rows)(jb, coef, jb->x + g0 * S, jb->dy ? jb->dy + g0 * S : NULL, jb->out + g0 * S,
+                   p->N, stride, w, buf);
+}
+
+/* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
+ * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
+ * thread applies the units it reduced, which are still in its cache when the tensor fits. */
+static void FN(cl_run_job)(FN(job) *jb)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t U = p->n_units, C = p->C;
+    int redo = 0;
+#pragma omp parallel num_threads(p->n_threads)
+    {
+        if (jb->op != OP_INFER) {
+            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
+#pragma omp for schedule(static)
+            for (int64_t u = 0; u < U; u++) FN(cl_reduce_unit)(jb, u);
+            FN(cl_fold)(jb, c0, c1);
+            int my_redo = 0;
+            for (int64_t c = c0; c < c1; c++) {
+                T kc[N_COEF];
+                double mean;
+                if (jb->op == OP_BACKWARD)
+                    FN(finalize_backward)(jb, c, jb->sums[c], jb->sums[C + c], 1, kc);
+                else if ((jb->again[c] = (unsigned char)FN(finalize_train)(
+                              jb, c, jb->pivot[c], jb->sums[c], jb->sums[C + c], 0, 1, kc,
+                              &mean))) {
+                    jb->pivot[c] = mean;
+                    my_redo = 1;
+                    continue;
+                }
+                for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+            }
+            if (my_redo) {
+#pragma omp atomic write
+                redo = 1;
+            }
+#pragma omp barrier
+            int again;
+#pragma omp atomic read
+            again = redo;
+            if (again) {            /* all threads agree: a second pass, pivots at the means */
+#pragma omp for schedule(static)
+                for (int64_t u = 0; u < U; u++) FN(cl_reduce_unit)(jb, u);
+                FN(cl_fold)(jb, c0, c1);
+                for (int64_t c = c0; c < c1; c++) {
+                    T kc[N_COEF];
+                    double mean;
+                    if (!jb->again[c]) continue;
+                    FN(finalize_train)(jb, c, jb->pivot[c], jb->sums[c], jb->sums[C + c], 1, 1,
+                                       kc, &mean);
+                    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+                }
+#pragma omp barrier
+            }
+        }
+#pragma omp for schedule(static) nowait
+        for (int64_t u = 0; u < U; u++) FN(cl_apply_unit)(jb, u);
+        cbn_stream_fence();
+    }
+}
+
+/* ---- shared entry plumbing ------------------------------------------------------------------ */
+
+static int FN(check_shape)(const void *x, const void *out, int64_t N, int64_t C, int64_t S,
+                           cbn_layout layout, int n_threads)
+{
+    if (N < 0 || C < 0 || S < 0 || n_threads < 1) return CBN_ERR_ARGUMENT;
+    if (layout != CBN_CHANNELS_FIRST && layout != CBN_CHANNELS_LAST) return CBN_ERR_ARGUMENT;
+    if ((N * C * S > 0) && (!x || !out)) return CBN_ERR_ARGUMENT;
+    return CBN_OK;
+}
+
+/* Plan the call and allocate its scratch in one block: partials, pivots, channel sums and
+ * coefficient arrays. */
+static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                         int n_threads)
+{
+    cbn_plan *p = &jb->plan;
+    cbn_make_plan(p, N, C, S, layout, n_threads);
+    jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
+    const int64_t n_part = jb->op == OP_INFER ? 0
+                           : p->channels_last ? 2 * p->n_row_blocks * C
+                                              : 2 * p->n_units;
+    const int64_t n_double = n_part + 3 * C;
+    const size_t column_bytes = p->columns && jb->op != OP_INFER
+                                    ? FN(column_scratch_bytes)() * (size_t)p->n_threads
+                                    : 0;
+    const size_t main_bytes = sizeof(double) * (size_t)n_double +
+                              sizeof(T) * (size_t)(N_COEF * C) + (size_t)C;
+    char *buf = (char *)malloc(main_bytes + column_bytes + 64);
+    if (!buf) return CBN_ERR_NO_MEMORY;
+    jb->column_scratch = buf + (main_bytes + 63) / 64 * 64;
+    jb->partials = (double *)buf;
+    jb->pivot = jb->op == OP_TRAIN ? jb->partials + n_part : NULL;
+    jb->sums = jb->partials + n_part + C;
+    T *coef = (T *)(buf + sizeof(double) * (size_t)n_double);
+    for (int i = 0; i < N_COEF; i++) jb->coef[i] = coef + i * C;
+    jb->again = (unsigned char *)(coef + N_COEF * C);
+    if (jb->pivot) {              /* each channel's first value */
+        for (int64_t c = 0; c < C; c++) {
+            int64_t len;
+            jb->pivot[c] = (double)jb->x[p->channels_last ? c : cf_piece(p, c, 0, 1, &len)];
+        }
+    }
+    return CBN_OK;
+}
+
+static void FN(run_job)(FN(job) *jb)
+{
+    if (jb->plan.channels_last) {
+        FN(cl_run_job)(jb);
+    } else if (jb->op != OP_INFER) {
+        FN(cf_run_job)(jb);
+    } else {            /* one pass in storage order, runs split evenly over threads */
+        const int64_t R = jb->plan.N * jb->plan.C;
+#pragma omp parallel num_threads(jb->plan.n_threads)
+        {
+            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+            FN(cf_apply_runs)(jb, R * t / nt, R * (t + 1) / nt);
+            cbn_stream_fence();
+        }
+    }
+    free(jb->partials);
+}
+
+/* ---- public kernels ------------------------------------------------------------------------- */
+
+int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                          const T *weight, const T *bias, T *running_mean, T *running_var,
+                          double momentum, double eps, int unbiased_running_var, T *save_mean,
+                          T *save_invstd, int n_threads)
+{
+    int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (!(eps >= 0.0) || !(momentum >= 0.0 && momentum <= 1.0)) return CBN_ERR_ARGUMENT;
+    if ((running_mean == NULL) != (running_var == NULL)) return CBN_ERR_ARGUMENT;
+    if (N * S <= 1) return CBN_ERR_TOO_FEW_VALUES;
+    if (C == 0) return CBN_OK;
+
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_TRAIN;
+    jb.x = x;
+    jb.out = y;
+    jb.weight = weight;
+    jb.bias = bias;
+    jb.running_mean = running_mean;
+    jb.running_var = running_var;
+    jb.momentum = momentum;
+    jb.eps = eps;
+    jb.unbiased_running_var = unbiased_running_var;
+    jb.save_mean = save_mean;
+    jb.save_invstd = save_invstd;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
+                     const T *weight, T *dx, T *dweight, T *dbias, int64_t N, int64_t C,
+                     int64_t S, cbn_layout layout, int n_threads)
+{
+    int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (C > 0 && (!dy || !save_mean || !save_invstd)) return CBN_ERR_ARGUMENT;
+    if (C == 0) return CBN_OK;
+    if (N * S == 0) {        /* empty batch: the parameters get zero gradients */
+        for (int64_t c = 0; c < C; c++) {
+            if (dweight) dweight[c] = 0;
+            if (dbias) dbias[c] = 0;
+        }
+        return CBN_OK;
+    }
+
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_BACKWARD;
+    jb.x = x;
+    jb.dy = dy;
+    jb.out = dx;
+    jb.weight = weight;
+    jb.in_mean = save_mean;
+    jb.in_invstd = save_invstd;
+    jb.dweight = dweight;
+    jb.dbias = dbias;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+/* scale = weight/sqrt(var + eps), shift = bias - mean*scale for one channel, in double. */
+static void FN(fold_channel)(const T *running_mean, const T *running_var, const T *weight,
+                             const T *bias, double eps, int64_t c, double *scale, double *shift)
+{
+    const double s = (weight ? (double)weight[c] : 1.0) / sqrt((double)running_var[c] + eps);
+    *scale = s;
+    *shift = (bias ? (double)bias[c] : 0.0) - (double)running_mean[c] * s;
+}
+
+int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_var,
+                             const T *weight, const T *bias, double eps, T *scale, T *shift)
+{
+    if (C < 0 || !(eps >= 0.0)) return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!running_mean || !running_var || !scale || !shift)) return CBN_ERR_ARGUMENT;
+    for (int64_t c = 0; c < C; c++) {
+        double s, b;
+        FN(fold_channel)(running_mean, running_var, weight, bias, eps, c, &s, &b);
+        scale[c] = (T)s;
+        shift[c] = (T)b;
+    }
+    return CBN_OK;
+}
+
+int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                  const T *running_mean, const T *running_var, const T *weight, const T *bias,
+                  double eps, int n_threads)
+{
+    int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (!(eps >= 0.0)) return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!running_mean || !running_var)) return CBN_ERR_ARGUMENT;
+    if (N * C * S == 0) return CBN_OK;
+
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_INFER;
+    jb.x = x;
+    jb.out = y;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    for (int64_t c = 0; c < C; c++) {
+        double s, b;
+        FN(fold_channel)(running_mean, running_var, weight, bias, eps, c, &s, &b);
+        jb.coef[K_CENTER][c] = jb.coef[K_B][c] = 0;
+        jb.coef[K_SCALE][c] = (T)s;
+        jb.coef[K_SHIFT][c] = (T)b;
+    }
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+#undef CF_FOR_PIECES
+#undef FN
+#undef CAT
+#undef CAT_

@@ -1,0 +1,56 @@
+/* plan.h - how a call's work is cut into chunks and spread over threads.
+ * Chunk bounds depend only on the shape, never on the thread count: that is what makes results
+ * bit-identical for any n_threads. */
+#ifndef CBN_PLAN_H
+#define CBN_PLAN_H
+
+#include <stdint.h>
+#include "cbn.h"
+
+/* Values per chunk: small enough that a chunk read from DRAM is still in L1/L2 for its second
+ * pass, large enough that per-chunk bookkeeping is negligible. */
+#define CBN_CHUNK_VALUES 4096
+/* Channels-first: bytes (inputs and output) of the channel group that one thread reduces and
+ * then normalizes while it is still in its L2 cache. Grouping changes only the traversal, never
+ * a result. */
+#ifndef CBN_GROUP_BYTES
+#define CBN_GROUP_BYTES (768 * 1024)
+#endif
+/* Channels-last: widest column tile, and values per (row block x column tile) unit. */
+#define CBN_MAX_COL_TILE 512
+#define CBN_UNIT_VALUES 65536
+/* Channels-first runs this short (S values) are processed as columns, at most
+ * CBN_COLUMN_WIDTH columns (whole channels) at a time. */
+#define CBN_COLUMN_MAX_S 256
+#define CBN_COLUMN_WIDTH 4096
+/* Outputs of at least this many bytes are written with streaming stores: they would not stay
+ * in cache anyway, and streaming saves reading each output line before writing it. */
+#ifndef CBN_STREAM_MIN_BYTES
+#define CBN_STREAM_MIN_BYTES (16.0 * 1024 * 1024)
+#endif
+/* Values computed in L1 before being streamed out. */
+#define CBN_STREAM_BLOCK 1024
+/* Below this many values per thread, waking another thread costs more than it saves. */
+#define CBN_MIN_VALUES_PER_THREAD 32768
+
+typedef struct {
+    int channels_last;      /* canonical view: 0 -> x[n][c][s], 1 -> x[r][c] */
+    int columns;            /* channels-first with short runs, done as columns of x[n][c*S+s] */
+    int64_t N, C, S;        /* channels-first sizes; channels-last uses rows = N*S, S = 1 */
+    int64_t rows;           /* channels-last rows */
+    int64_t M;              /* values per channel */
+    int64_t chunk;          /* channels-first: values per chunk */
+    int64_t n_chunks;       /* channels-first: chunks per channel */
+    int64_t row_block;      /* channels-last: rows per unit */
+    int64_t col_tile;       /* channels-last: columns per unit */
+    int64_t n_row_blocks, n_col_tiles;
+    int64_t n_units;        /* chunks (channels-first: C*n_chunks) or blocks x tiles */
+    int n_threads;          /* threads this call will use */
+} cbn_plan;
+
+/* Fills *p for x of (N, C, S, layout), choosing the cheaper equivalent view (C == 1 or S == 1
+ * collapse to a contiguous or row view) and at most n_threads threads. */
+void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                   int n_threads);
+
+#endif
