@@ -1,0 +1,15 @@
+"""cbn: fast, exact batch normalization for NumPy on the CPU (C + OpenMP kernels).
+
+Functions: `batch_norm_train`, `batch_norm_backward`, `batch_norm_infer`, `fold_scale_shift`;
+threads: `set_num_threads`, `get_num_threads`, `openmp_enabled`. The float64 NumPy reference
+implementation of the same formulas is `cbn.reference`.
+"""
+from ._api import batch_norm_backward, batch_norm_infer, batch_norm_train, fold_scale_shift
+from ._threads import get_num_threads, openmp_enabled, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift",
+    "set_num_threads", "get_num_threads", "openmp_enabled", "__version__",
+]

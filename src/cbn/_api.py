@@ -1,0 +1,234 @@
+"""The public batch-norm functions: validate, allocate, resolve threads, call the C kernels."""
+import numpy as np
+
+from . import _core
+from . import _validate as v
+from ._threads import _resolve
+
+_LAYOUT_DOC = """layout : {"NCHW", "channels_first", "NHWC", "channels_last"}, default "NCHW"
+        Where the channel axis is: axis 1 for channels-first ((N, C), (N, C, L), (N, C, H, W),
+        (N, C, D, H, W)), the last axis for channels-last ((N, C), (N, L, C), (N, H, W, C), ...)."""
+
+_THREADS_DOC = """n_threads : int or None, default None
+        Threads to use. None: the value of `cbn.set_num_threads`, else the OpenMP default
+        (OMP_NUM_THREADS, threadpoolctl). Negative counts back from the maximum (-1 = all).
+        Results are bit-identical for every thread count."""
+
+
+def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
+                     momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
+                     out=None, n_threads=None):
+    x = v.float_array(x, "x")
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    dtype = x.dtype
+    weight = v.channel_param(weight, "weight", C, dtype)
+    bias = v.channel_param(bias, "bias", C, dtype)
+    running_mean, running_var = v.running_stats(running_mean, running_var, C, dtype)
+    momentum = v.momentum_value(momentum)
+    eps = v.eps_value(eps)
+    v.enough_values(x.shape, N, S)
+    y = v.output(out, x.shape, dtype)
+    n_threads = _resolve(n_threads)
+    x = v.contiguous_input(x, y)
+    save_mean = np.empty(C, dtype)
+    save_invstd = np.empty(C, dtype)
+    v.check_status(_core.train_forward(
+        x, y, N, C, S, cl, weight, bias, running_mean, running_var, momentum, eps,
+        bool(unbiased_running_var), save_mean, save_invstd, n_threads))
+    return y, save_mean, save_invstd
+
+
+batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x with its own batch statistics.
+
+    For every channel c, over the M values of that channel (all axes but the channel axis)::
+
+        mean = sum(x) / M,  var = sum((x - mean)**2) / M        (biased, two-pass, in float64)
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64, ndim >= 2
+        Input; any strides (copied to contiguous when needed). Not modified unless ``out=x``.
+    weight, bias : array_like, shape (C,), optional
+        Scale (gamma) and shift (beta), cast to x's dtype. None means 1 and 0 (affine=False).
+    running_mean, running_var : ndarray, shape (C,), optional
+        Running statistics, updated in place when given (both or neither; x's dtype, writeable,
+        C-contiguous)::
+
+            running_mean = (1 - momentum) * running_mean + momentum * mean
+            running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
+
+        (``var`` alone with ``unbiased_running_var=False``).
+    momentum : float in [0, 1], default 0.1
+        PyTorch's convention: the weight of the new batch. Keras/ONNX momentum (0.99, 0.9)
+        weighs the old value: pass ``1 - their_momentum``.
+    eps : float >= 0, default 1e-5
+    {_LAYOUT_DOC}
+    unbiased_running_var : bool, default True
+        Update running_var with the unbiased batch variance (PyTorch) or the biased one
+        (Keras/ONNX).
+    out : ndarray, optional
+        Where to write y: x's dtype and shape, C-contiguous, writeable. ``out=x`` works in place.
+    {_THREADS_DOC}
+
+    Returns
+    -------
+    y : ndarray
+        Normalized output, x's dtype and shape.
+    save_mean, save_invstd : ndarray, shape (C,)
+        Batch mean and 1/sqrt(var + eps), x's dtype: what `batch_norm_backward` takes.
+
+    Raises
+    ------
+    TypeError
+        x (or an output buffer) of a dtype other than float32/float64.
+    ValueError
+        Bad shape, layout, eps, momentum, or M <= 1 values per channel. Nothing is written.
+
+    Examples
+    --------
+    >>> import numpy as np, cbn
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, (8, 4, 5, 5)).astype(np.float32)
+    >>> y, mean, invstd = cbn.batch_norm_train(x)
+    >>> bool(abs(y.mean()) < 1e-5)
+    True
+    """
+
+
+def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", out=None,
+                        n_threads=None):
+    x = v.float_array(x, "x")
+    dy = v.float_array(dy, "dy")
+    v.same_dtype(dy, "dy", x, "x")
+    v.same_shape(dy, "dy", x, "x")
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    dtype = x.dtype
+    if save_mean is None or save_invstd is None:
+        raise ValueError("save_mean and save_invstd (returned by batch_norm_train) are required")
+    save_mean = v.channel_param(save_mean, "save_mean", C, dtype)
+    save_invstd = v.channel_param(save_invstd, "save_invstd", C, dtype)
+    weight = v.channel_param(weight, "weight", C, dtype)
+    dx = v.output(out, x.shape, dtype)
+    n_threads = _resolve(n_threads)
+    x = v.contiguous_input(x, dx)
+    dy = v.contiguous_input(dy, dx)
+    dweight = np.empty(C, dtype)
+    dbias = np.empty(C, dtype)
+    v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, dx, dweight, dbias,
+                                  N, C, S, cl, n_threads))
+    return dx, dweight, dbias
+
+
+batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect to x, weight and bias.
+
+    With ``xhat = (x - save_mean) * save_invstd`` and M values per channel::
+
+        dbias   = sum(dy)
+        dweight = sum(dy * xhat)
+        dx      = weight * save_invstd * (dy - dbias / M - xhat * dweight / M)
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss with respect to y; x's dtype and shape, any strides.
+    x : array_like of float32 or float64
+        The input given to `batch_norm_train`.
+    save_mean, save_invstd : array_like, shape (C,)
+        As returned by `batch_norm_train` (cast to x's dtype).
+    weight : array_like, shape (C,), optional
+        The weight given to `batch_norm_train`; None means 1.
+    {_LAYOUT_DOC}
+    out : ndarray, optional
+        Where to write dx (x's dtype and shape, C-contiguous, writeable); ``out=dy`` works.
+    {_THREADS_DOC}
+
+    Returns
+    -------
+    dx : ndarray
+        x's dtype and shape.
+    dweight, dbias : ndarray, shape (C,)
+        x's dtype.
+    """
+
+
+def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
+                     layout="NCHW", out=None, n_threads=None):
+    x = v.float_array(x, "x")
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    dtype = x.dtype
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm_infer needs running_mean and running_var, got None")
+    running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
+    running_var = v.channel_param(running_var, "running_var", C, dtype)
+    weight = v.channel_param(weight, "weight", C, dtype)
+    bias = v.channel_param(bias, "bias", C, dtype)
+    eps = v.eps_value(eps)
+    y = v.output(out, x.shape, dtype)
+    n_threads = _resolve(n_threads)
+    x = v.contiguous_input(x, y)
+    v.check_status(_core.infer(x, y, N, C, S, cl, running_mean, running_var, weight, bias, eps,
+                               n_threads))
+    return y
+
+
+batch_norm_infer.__doc__ = f"""Inference-mode (frozen) batch normalization: one multiply-add per value.
+
+    ``y = x * scale + shift`` per channel with ``scale, shift = fold_scale_shift(running_mean,
+    running_var, weight, bias, eps)`` computed once per call (in float64).
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64, ndim >= 2
+    running_mean, running_var : array_like, shape (C,)
+        Frozen statistics (cast to x's dtype; not modified).
+    weight, bias : array_like, shape (C,), optional
+        None means 1 and 0.
+    eps : float >= 0, default 1e-5
+    {_LAYOUT_DOC}
+    out : ndarray, optional
+        Where to write y (x's dtype and shape, C-contiguous, writeable); ``out=x`` works.
+    {_THREADS_DOC}
+
+    Returns
+    -------
+    y : ndarray
+        x's dtype and shape.
+    """
+
+
+def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5):
+    """Fold running statistics and the affine parameters into one per-channel multiply-add.
+
+    ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean * scale``,
+    computed in float64, so that ``batch_norm_infer(x, ...) == x * scale + shift`` per channel.
+
+    Parameters
+    ----------
+    running_mean, running_var : array_like, shape (C,)
+        float32 or float64 (the result's dtype); other real dtypes become float64.
+    weight, bias : array_like, shape (C,), optional
+        None means 1 and 0.
+    eps : float >= 0, default 1e-5
+
+    Returns
+    -------
+    scale, shift : ndarray, shape (C,)
+    """
+    running_mean = np.asarray(running_mean)
+    if running_mean.ndim != 1:
+        raise ValueError(f"running_mean must be 1-D (C,), got shape {running_mean.shape}")
+    dtype = running_mean.dtype if running_mean.dtype in v._FLOAT_DTYPES else np.dtype(np.float64)
+    C = running_mean.shape[0]
+    running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
+    running_var = v.channel_param(running_var, "running_var", C, dtype)
+    weight = v.channel_param(weight, "weight", C, dtype)
+    bias = v.channel_param(bias, "bias", C, dtype)
+    eps = v.eps_value(eps)
+    scale = np.empty(C, dtype)
+    shift = np.empty(C, dtype)
+    v.check_status(_core.fold_scale_shift(C, running_mean, running_var, weight, bias, eps,
+                                          scale, shift))
+    return scale, shift

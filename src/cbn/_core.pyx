@@ -1,0 +1,174 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin bridge to the C kernels: arrays in, pointers and sizes out, GIL released, C called.
+
+Callers (cbn._api) have already validated every argument: arrays are C-contiguous, of the
+element type named by the function's dtype, and of the right sizes. Optional arrays may be None
+(passed as NULL). Each function returns the C status code.
+"""
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+cnp.import_array()
+
+cdef extern from "cbn.h" nogil:
+    ctypedef enum cbn_layout:
+        CBN_CHANNELS_FIRST
+        CBN_CHANNELS_LAST
+    const char *cbn_error_string(int code)
+    int cbn_openmp_enabled()
+    int cbn_max_threads()
+    int cbn_train_forward_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
+                              cbn_layout layout, const float *weight, const float *bias,
+                              float *running_mean, float *running_var, double momentum,
+                              double eps, int unbiased_running_var, float *save_mean,
+                              float *save_invstd, int n_threads)
+    int cbn_train_forward_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
+                              cbn_layout layout, const double *weight, const double *bias,
+                              double *running_mean, double *running_var, double momentum,
+                              double eps, int unbiased_running_var, double *save_mean,
+                              double *save_invstd, int n_threads)
+    int cbn_backward_f32(const float *dy, const float *x, const float *save_mean,
+                         const float *save_invstd, const float *weight, float *dx,
+                         float *dweight, float *dbias, int64_t N, int64_t C, int64_t S,
+                         cbn_layout layout, int n_threads)
+    int cbn_backward_f64(const double *dy, const double *x, const double *save_mean,
+                         const double *save_invstd, const double *weight, double *dx,
+                         double *dweight, double *dbias, int64_t N, int64_t C, int64_t S,
+                         cbn_layout layout, int n_threads)
+    int cbn_infer_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
+                      cbn_layout layout, const float *running_mean, const float *running_var,
+                      const float *weight, const float *bias, double eps, int n_threads)
+    int cbn_infer_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
+                      cbn_layout layout, const double *running_mean, const double *running_var,
+                      const double *weight, const double *bias, double eps, int n_threads)
+    int cbn_fold_scale_shift_f32(int64_t C, const float *running_mean, const float *running_var,
+                                 const float *weight, const float *bias, double eps,
+                                 float *scale, float *shift)
+    int cbn_fold_scale_shift_f64(int64_t C, const double *running_mean,
+                                 const double *running_var, const double *weight,
+                                 const double *bias, double eps, double *scale, double *shift)
+
+cdef extern from "copy_yardstick.h" nogil:
+    void cbn_yardstick_copy(void *dst, const void *src, int64_t nbytes, int n_threads)
+
+
+cdef inline void *_ptr(object a):
+    """Data pointer of an ndarray, NULL for None."""
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline bint _is_f32(object x):
+    return cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
+
+
+def error_string(int code):
+    return cbn_error_string(code).decode()
+
+
+def openmp_enabled():
+    return bool(cbn_openmp_enabled())
+
+
+def max_threads():
+    return cbn_max_threads()
+
+
+def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, weight, bias,
+                  running_mean, running_var, double momentum, double eps,
+                  bint unbiased_running_var, save_mean, save_invstd, int n_threads):
+    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *pw = _ptr(weight)
+    cdef void *pb = _ptr(bias)
+    cdef void *prm = _ptr(running_mean)
+    cdef void *prv = _ptr(running_var)
+    cdef void *psm = _ptr(save_mean)
+    cdef void *psi = _ptr(save_invstd)
+    cdef int rc
+    if _is_f32(x):
+        with nogil:
+            rc = cbn_train_forward_f32(<float *>px, <float *>py, N, C, S, layout,
+                                       <float *>pw, <float *>pb, <float *>prm, <float *>prv,
+                                       momentum, eps, unbiased_running_var, <float *>psm,
+                                       <float *>psi, n_threads)
+    else:
+        with nogil:
+            rc = cbn_train_forward_f64(<double *>px, <double *>py, N, C, S, layout,
+                                       <double *>pw, <double *>pb, <double *>prm,
+                                       <double *>prv, momentum, eps, unbiased_running_var,
+                                       <double *>psm, <double *>psi, n_threads)
+    return rc
+
+
+def backward(dy, x, save_mean, save_invstd, weight, dx, dweight, dbias, int64_t N, int64_t C,
+             int64_t S, bint channels_last, int n_threads):
+    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *psm = _ptr(save_mean)
+    cdef void *psi = _ptr(save_invstd)
+    cdef void *pw = _ptr(weight)
+    cdef void *pdx = _ptr(dx)
+    cdef void *pdw = _ptr(dweight)
+    cdef void *pdb = _ptr(dbias)
+    cdef int rc
+    if _is_f32(x):
+        with nogil:
+            rc = cbn_backward_f32(<float *>pdy, <float *>px, <float *>psm, <float *>psi,
+                                  <float *>pw, <float *>pdx, <float *>pdw, <float *>pdb,
+                                  N, C, S, layout, n_threads)
+    else:
+        with nogil:
+            rc = cbn_backward_f64(<double *>pdy, <double *>px, <double *>psm, <double *>psi,
+                                  <double *>pw, <double *>pdx, <double *>pdw, <double *>pdb,
+                                  N, C, S, layout, n_threads)
+    return rc
+
+
+def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mean,
+          running_var, weight, bias, double eps, int n_threads):
+    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *prm = _ptr(running_mean)
+    cdef void *prv = _ptr(running_var)
+    cdef void *pw = _ptr(weight)
+    cdef void *pb = _ptr(bias)
+    cdef int rc
+    if _is_f32(x):
+        with nogil:
+            rc = cbn_infer_f32(<float *>px, <float *>py, N, C, S, layout, <float *>prm,
+                               <float *>prv, <float *>pw, <float *>pb, eps, n_threads)
+    else:
+        with nogil:
+            rc = cbn_infer_f64(<double *>px, <double *>py, N, C, S, layout, <double *>prm,
+                               <double *>prv, <double *>pw, <double *>pb, eps, n_threads)
+    return rc
+
+
+def fold_scale_shift(int64_t C, running_mean, running_var, weight, bias, double eps, scale,
+                     shift):
+    cdef void *prm = _ptr(running_mean)
+    cdef void *prv = _ptr(running_var)
+    cdef void *pw = _ptr(weight)
+    cdef void *pb = _ptr(bias)
+    cdef void *ps = _ptr(scale)
+    cdef void *psh = _ptr(shift)
+    if _is_f32(running_mean):
+        return cbn_fold_scale_shift_f32(C, <float *>prm, <float *>prv, <float *>pw,
+                                        <float *>pb, eps, <float *>ps, <float *>psh)
+    return cbn_fold_scale_shift_f64(C, <double *>prm, <double *>prv, <double *>pw,
+                                    <double *>pb, eps, <double *>ps, <double *>psh)
+
+
+def yardstick_copy(dst, src, int n_threads):
+    """Copy src into dst (same nbytes, C-contiguous) on n_threads threads: the benchmarks'
+    bandwidth yardstick."""
+    cdef void *pd = _ptr(dst)
+    cdef void *ps = _ptr(src)
+    cdef int64_t nbytes = (<cnp.ndarray>src).nbytes
+    with nogil:
+        cbn_yardstick_copy(pd, ps, nbytes, n_threads)

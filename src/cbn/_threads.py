@@ -1,0 +1,53 @@
+"""Thread-count resolution, shared by every kernel call (scikit-learn's conventions)."""
+import operator
+
+from . import _core
+
+_default_threads = None  # set by set_num_threads; None -> the OpenMP default
+
+
+def _resolve(n_threads):
+    """Turn a user's n_threads into a count >= 1.
+
+    None -> the value of set_num_threads, else OpenMP's default for the calling thread (honours
+    OMP_NUM_THREADS and threadpoolctl); a negative count counts back from that maximum (-1 = all,
+    -2 = all but one, never below 1); 0 is an error.
+    """
+    if n_threads is None:
+        if _default_threads is not None:
+            return _default_threads
+        return _core.max_threads()
+    if n_threads.__class__ is not int:
+        try:
+            n_threads = operator.index(n_threads)
+        except TypeError:
+            raise TypeError(
+                f"n_threads must be an int or None, got {type(n_threads).__name__}") from None
+    if n_threads > 0:
+        return n_threads
+    if n_threads == 0:
+        raise ValueError("n_threads must be a nonzero int or None, got 0")
+    return max(1, _core.max_threads() + 1 + n_threads)
+
+
+def set_num_threads(n):
+    """Set the thread count that cbn calls use when they get ``n_threads=None``.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive count, a negative count back from the maximum (-1 = all), or None to go back
+        to the OpenMP default.
+    """
+    global _default_threads
+    _default_threads = None if n is None else _resolve(n)
+
+
+def get_num_threads():
+    """Thread count a call with ``n_threads=None`` would use now."""
+    return _resolve(None)
+
+
+def openmp_enabled():
+    """True when cbn was built with OpenMP (otherwise every kernel runs on one thread)."""
+    return _core.openmp_enabled()

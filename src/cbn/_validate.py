@@ -1,0 +1,138 @@
+"""Argument checks shared by the public functions. Every error message of cbn lives here.
+
+Each helper raises TypeError for a wrong dtype and ValueError for a wrong shape or value,
+naming what was expected and what was given, before any output is written.
+"""
+import math
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_LAYOUTS = {"NCHW": False, "channels_first": False, "NHWC": True, "channels_last": True}
+
+
+def float_array(a, name):
+    """a as an ndarray of float32 or float64 (any strides)."""
+    if a.__class__ is not np.ndarray:
+        a = np.asarray(a)
+    if a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    return a
+
+
+def channels_last(layout):
+    """True for a channels-last layout name, False for channels-first."""
+    try:
+        return _LAYOUTS[layout]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"layout must be one of {sorted(_LAYOUTS)}, got {layout!r}") from None
+
+
+def canonical_dims(shape, is_channels_last, name="x"):
+    """(N, C, S) of the canonical view: S is the product of the spatial dims."""
+    if len(shape) < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (N, C, ...), got shape {shape}")
+    if is_channels_last:
+        return shape[0], shape[-1], math.prod(shape[1:-1])
+    return shape[0], shape[1], math.prod(shape[2:])
+
+
+def contiguous_input(a, out=None):
+    """a as a C-contiguous array, copied when it is strided or overlaps `out` without being it."""
+    if not a.flags.c_contiguous:
+        return np.ascontiguousarray(a)
+    if out is not None and out is not a and np.may_share_memory(a, out):
+        return a.copy()
+    return a
+
+
+def channel_param(a, name, C, dtype):
+    """A read-only per-channel array: cast to dtype, C-contiguous, shape (C,). None stays None."""
+    if a is None:
+        return None
+    if a.__class__ is not np.ndarray:
+        a = np.asarray(a)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real floating-point array, got dtype {a.dtype}")
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) for {C} channels, got {a.shape}")
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=dtype)
+    return a
+
+
+def writable_buffer(a, name, shape, dtype):
+    """A buffer cbn writes into: ndarray of exactly dtype and shape, C-contiguous, writeable."""
+    if a.__class__ is not np.ndarray:
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable, got a read-only array")
+    return a
+
+
+def output(out, shape, dtype, name="out"):
+    """The array to write results into: `out` checked, or a new one."""
+    if out is None:
+        return np.empty(shape, dtype)
+    return writable_buffer(out, name, shape, dtype)
+
+
+def running_stats(running_mean, running_var, C, dtype):
+    """Both running buffers checked as writable (C,) arrays, or both None."""
+    if running_mean is None and running_var is None:
+        return None, None
+    if running_mean is None or running_var is None:
+        given = "running_mean" if running_var is None else "running_var"
+        raise ValueError(
+            f"running_mean and running_var must be given together, got only {given}")
+    return (writable_buffer(running_mean, "running_mean", (C,), dtype),
+            writable_buffer(running_var, "running_var", (C,), dtype))
+
+
+def eps_value(eps):
+    eps = float(eps)
+    if not eps >= 0.0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return eps
+
+
+def momentum_value(momentum):
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return momentum
+
+
+def enough_values(shape, N, S):
+    if N * S <= 1:
+        raise ValueError(
+            "Expected more than 1 value per channel when training, "
+            f"got input of shape {shape} ({N * S} value(s) per channel)")
+
+
+def same_shape(a, a_name, b, b_name):
+    if a.shape != b.shape:
+        raise ValueError(f"{a_name} must have the shape of {b_name} {b.shape}, got {a.shape}")
+
+
+def same_dtype(a, a_name, b, b_name):
+    if a.dtype != b.dtype:
+        raise TypeError(f"{a_name} must have the dtype of {b_name} ({b.dtype}), got {a.dtype}")
+
+
+def check_status(rc):
+    """Turn a C status code into an exception (validation above makes these rare)."""
+    if rc == 0:
+        return
+    from . import _core
+    if rc == -3:
+        raise MemoryError(f"cbn kernel: {_core.error_string(rc)}")
+    raise RuntimeError(f"cbn kernel failed: {_core.error_string(rc)} (code {rc})")
