@@ -1,0 +1,115 @@
+"""Readable float64 NumPy reference of cbn's batch normalization (the lecture-note formulas).
+
+Every function mirrors the public function of the same name (same argument names), computes in
+float64 whatever the input dtype, and never modifies its inputs. Tests and benchmarks compare the
+C kernels against it; it is written to be obviously correct, not fast.
+
+For channel c, over the M values x_i of that channel (every axis but the channel axis)::
+
+    mean   = sum(x_i) / M
+    var    = sum((x_i - mean)**2) / M            biased, two-pass
+    invstd = 1 / sqrt(var + eps)
+    xhat_i = (x_i - mean) * invstd
+    y_i    = weight * xhat_i + bias
+
+    running_mean <- (1 - momentum) * running_mean + momentum * mean
+    running_var  <- (1 - momentum) * running_var  + momentum * var * M / (M - 1)   (or * 1)
+
+Backward, with dy the gradient of the loss with respect to y::
+
+    dbias   = sum(dy_i)
+    dweight = sum(dy_i * xhat_i)
+    dx_i    = weight * invstd / M * (M * dy_i - dbias - xhat_i * dweight)
+
+Inference: ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``,
+``y = x * scale + shift``.
+
+Layouts: "NCHW" / "channels_first" puts the channel on axis 1, "NHWC" / "channels_last" on the
+last axis; any ndim >= 2.
+"""
+import numpy as np
+
+__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift"]
+
+_CHANNEL_AXIS = {"NCHW": 1, "channels_first": 1, "NHWC": -1, "channels_last": -1}
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def _geometry(x, layout):
+    """(reduction axes, per-channel broadcast shape, C, M) for x in `layout`."""
+    if layout not in _CHANNEL_AXIS:
+        raise ValueError(f"layout must be one of {sorted(_CHANNEL_AXIS)}, got {layout!r}")
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions, got shape {x.shape}")
+    axis = _CHANNEL_AXIS[layout] % x.ndim
+    C = x.shape[axis]
+    axes = tuple(i for i in range(x.ndim) if i != axis)
+    bshape = [1] * x.ndim
+    bshape[axis] = C
+    M = x.size // C if C else 0
+    return axes, tuple(bshape), C, M
+
+
+def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
+                     momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True):
+    """Training forward.
+
+    Returns ``(y, save_mean, save_invstd, new_running_mean, new_running_var)``, all float64;
+    the new running statistics are None when not given (the inputs are not modified).
+    """
+    x = _f64(x)
+    axes, b, C, M = _geometry(x, layout)
+    mean = x.mean(axis=axes)
+    var = ((x - mean.reshape(b)) ** 2).mean(axis=axes)
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = (x - mean.reshape(b)) * invstd.reshape(b)
+    if weight is not None:
+        y = y * _f64(weight).reshape(b)
+    if bias is not None:
+        y = y + _f64(bias).reshape(b)
+    new_rm = new_rv = None
+    if running_mean is not None:
+        new_rm = (1.0 - momentum) * _f64(running_mean) + momentum * mean
+    if running_var is not None:
+        batch_var = var * M / (M - 1) if unbiased_running_var else var
+        new_rv = (1.0 - momentum) * _f64(running_var) + momentum * batch_var
+    return y, mean, invstd, new_rm, new_rv
+
+
+def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW"):
+    """Gradients of the training forward: ``(dx, dweight, dbias)``, all float64."""
+    dy = _f64(dy)
+    x = _f64(x)
+    axes, b, C, M = _geometry(x, layout)
+    invstd = _f64(save_invstd)
+    xhat = (x - _f64(save_mean).reshape(b)) * invstd.reshape(b)
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * xhat).sum(axis=axes)
+    w = np.ones(C) if weight is None else _f64(weight)
+    k = (w * invstd / M).reshape(b)
+    dx = k * (M * dy - dbias.reshape(b) - xhat * dweight.reshape(b))
+    return dx, dweight, dbias
+
+
+def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5):
+    """Per-channel ``(scale, shift)`` in float64 with ``y = x * scale + shift``."""
+    running_mean = _f64(running_mean)
+    scale = 1.0 / np.sqrt(_f64(running_var) + eps)
+    if weight is not None:
+        scale = _f64(weight) * scale
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = _f64(bias) + shift
+    return scale, shift
+
+
+def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
+                     layout="NCHW"):
+    """Inference (frozen statistics): ``y = x * scale + shift`` in float64."""
+    x = _f64(x)
+    axes, b, C, M = _geometry(x, layout)
+    scale, shift = fold_scale_shift(running_mean, running_var, weight, bias, eps)
+    return x * scale.reshape(b) + shift.reshape(b)

@@ -1,0 +1,172 @@
+"""Shared helpers for the cbn test suite: case generators, data makers, `assert_close`.
+
+Every test compares cbn against `cbn.reference` (float64 NumPy) computed on the *same* values:
+for float32 input the reference runs on ``x.astype(np.float64)``, so the tolerance only has to
+cover the rounding of cbn's float32 outputs, not the rounding of the input.
+"""
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+# Test modules do `from conftest import ...`; make that work under any pytest import mode.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+DTYPES = (np.float32, np.float64)
+LAYOUTS = ("NCHW", "NHWC")
+
+# (rtol, atol) per dtype; atol is scaled by max(1, max|expected|) in assert_close.
+TOLERANCES = {np.dtype(np.float32): (1e-4, 1e-4), np.dtype(np.float64): (1e-10, 1e-10)}
+
+# Small generated cases: 2-D to 5-D, N=1 with spatial dims, C=1, odd sizes that are no multiple of
+# a SIMD width, large C with tiny spatial size, channels-last with few rows, the layout aliases.
+SMALL_CASES = [
+    ("NCHW", (5, 3)),
+    ("NCHW", (2, 1)),
+    ("NCHW", (7, 13)),
+    ("NCHW", (1, 3, 7)),
+    ("NCHW", (3, 5, 7)),
+    ("NCHW", (17, 5, 3)),
+    ("NCHW", (4, 1, 5, 3)),
+    ("NCHW", (1, 2, 3, 5)),
+    ("NCHW", (2, 3, 5, 7)),
+    ("NCHW", (2, 17, 13, 1)),
+    ("NCHW", (4, 300, 1, 2)),
+    ("NCHW", (2, 3, 3, 5, 7)),
+    ("NCHW", (1, 2, 1, 1, 3)),
+    ("channels_first", (3, 7, 5)),
+    ("NHWC", (5, 3)),
+    ("NHWC", (2, 1)),
+    ("NHWC", (13, 7)),
+    ("NHWC", (1, 7, 3)),
+    ("NHWC", (3, 7, 5)),
+    ("NHWC", (3, 2, 17)),
+    ("NHWC", (4, 5, 3, 1)),
+    ("NHWC", (1, 3, 5, 2)),
+    ("NHWC", (2, 5, 7, 3)),
+    ("NHWC", (2, 1, 1, 13)),
+    ("NHWC", (4, 1, 2, 300)),
+    ("NHWC", (2, 3, 5, 7, 3)),
+    ("NHWC", (2, 33)),
+    ("NHWC", (1, 2, 1, 1, 600)),
+    ("channels_last", (3, 5, 7)),
+]
+
+# Medium cases that reach the multi-chunk / multi-thread paths of the kernels: a channel with more
+# than 10000 values, channels-last with more than 1000 rows, channels-last with C over one column
+# tile, channels-last with two rows and many channels, C=1 with many values.
+MEDIUM_CASES = [
+    ("NCHW", (12, 8, 33, 31)),
+    ("NCHW", (3, 3, 131, 67)),
+    ("NCHW", (4, 1, 170, 101)),
+    ("NHWC", (8, 20, 18, 24)),
+    ("NHWC", (4, 8, 5, 600)),
+    ("NHWC", (2, 1, 40003)),
+    ("NCHW", (70001, 2)),
+]
+
+ALL_CASES = SMALL_CASES + MEDIUM_CASES
+
+
+def case_id(case):
+    layout, shape = case
+    return f"{layout}-{'x'.join(map(str, shape))}"
+
+
+def is_channels_last(layout):
+    return layout in ("NHWC", "channels_last")
+
+
+def channel_axis(layout, ndim):
+    return ndim - 1 if is_channels_last(layout) else 1
+
+
+def n_channels(shape, layout):
+    return shape[channel_axis(layout, len(shape))]
+
+
+def values_per_channel(shape, layout):
+    C = n_channels(shape, layout)
+    return int(np.prod(shape)) // C if C else 0
+
+
+def channel_take(a, c, layout):
+    """All values of channel c of a (any layout) as a flat float64 array."""
+    return np.take(np.asarray(a, np.float64), c, axis=channel_axis(layout, np.ndim(a))).ravel()
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's id: reproducible, and different for every case."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def make_x(rng, shape, dtype, layout="NCHW", loc=0.0, scale=1.0):
+    """Normal data around `loc` with spread about `scale`; every channel gets its own offset
+    (+-2*scale) and its own spread (0.5..2 times `scale`), so that mixing channels shows.
+    Shapes of fewer than 2 dimensions get plain normal data."""
+    if len(shape) < 2:
+        return (loc + scale * rng.standard_normal(shape)).astype(dtype)
+    axis = channel_axis(layout, len(shape))
+    bshape = [1] * len(shape)
+    bshape[axis] = shape[axis]
+    offset = rng.uniform(-2.0, 2.0, shape[axis]).reshape(bshape)
+    spread = rng.uniform(0.5, 2.0, shape[axis]).reshape(bshape)
+    return (loc + scale * (offset + spread * rng.standard_normal(shape))).astype(dtype)
+
+
+def make_params(rng, C, dtype, affine=True):
+    """(weight, bias) of x's dtype, or (None, None)."""
+    if not affine:
+        return None, None
+    return (rng.uniform(0.5, 2.0, C) * rng.choice([-1.0, 1.0], C)).astype(dtype), \
+        rng.standard_normal(C).astype(dtype)
+
+
+def make_running(rng, C, dtype):
+    """Plausible (running_mean, running_var) of x's dtype, var > 0."""
+    return rng.standard_normal(C).astype(dtype), rng.uniform(0.25, 4.0, C).astype(dtype)
+
+
+def f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def assert_close(actual, expected, dtype=None, rtol=None, atol=None, err_msg=""):
+    """|actual - expected| <= rtol*|expected| + atol*max(1, max|expected|), NaN where NaN.
+
+    Tolerances default by dtype (the dtype of `actual` unless given): float64 1e-10,
+    float32 1e-4. The shape must match exactly.
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    dtype = np.dtype(dtype if dtype is not None else actual.dtype)
+    d_rtol, d_atol = TOLERANCES.get(dtype, TOLERANCES[np.dtype(np.float32)])
+    rtol = d_rtol if rtol is None else rtol
+    atol = d_atol if atol is None else atol
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}. {err_msg}"
+    finite = expected[np.isfinite(expected)]
+    scale = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=rtol, atol=atol * scale,
+                               equal_nan=True, err_msg=err_msg)
+
+
+def assert_meta(a, shape, dtype):
+    """a is an ndarray of exactly this shape and dtype."""
+    assert isinstance(a, np.ndarray), type(a)
+    assert a.shape == tuple(shape), (a.shape, shape)
+    assert a.dtype == np.dtype(dtype), (a.dtype, dtype)
+
+
+def assert_identical(a, b, err_msg=""):
+    """Bit-identical arrays (same dtype, shape and bytes; NaN payloads included)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)
+    if a.tobytes() != b.tobytes():
+        diff = np.flatnonzero(a.ravel() != b.ravel())
+        raise AssertionError(f"arrays differ at {diff.size} of {a.size} positions "
+                             f"(first flat index {diff[:5]}). {err_msg}")

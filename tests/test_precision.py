@@ -1,0 +1,212 @@
+"""Numerical robustness: data far from zero (offset 1e6, unit spread) and NaN/Inf isolation."""
+import numpy as np
+import pytest
+
+import cbn
+from cbn import reference as ref
+from conftest import (DTYPES, assert_close, case_id, channel_axis, channel_take, f64, make_params,
+                      make_running, make_x, n_channels)
+
+OFFSET_CASES = [
+    ("NCHW", (16, 4, 7)),
+    ("NHWC", (16, 7, 4)),
+    ("NCHW", (5, 3)),
+    ("NHWC", (5, 3)),
+    ("NCHW", (12, 8, 33, 31)),     # several chunks per channel, merged
+    ("NCHW", (4, 1, 170, 101)),
+    ("NHWC", (8, 20, 18, 24)),     # several row blocks, merged
+    ("NHWC", (4, 8, 5, 600)),
+    ("NCHW", (70001, 2)),
+]
+
+
+def _two_pass(x, layout):
+    """float64 two-pass mean and biased variance over the given values, per channel."""
+    C = n_channels(x.shape, layout)
+    xs = np.moveaxis(f64(x), channel_axis(layout, x.ndim), -1).reshape(-1, C)
+    mean = xs.mean(axis=0)
+    return mean, ((xs - mean) ** 2).mean(axis=0)
+
+
+@pytest.mark.parametrize("case", OFFSET_CASES, ids=case_id)
+def test_float32_offset_statistics(rng, case):
+    """Data at 1e6 with unit spread: E[x^2] - E[x]^2 loses everything in float32 (and most in
+    float64); the statistics must match a float64 two-pass over the same float32 values."""
+    layout, shape = case
+    eps = 1e-5
+    x = make_x(rng, shape, np.float32, layout, loc=1e6)
+    mean, var = _two_pass(x, layout)
+    assert np.all(var > 1e-3)
+    C = n_channels(shape, layout)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+
+    y, save_mean, save_invstd = cbn.batch_norm_train(x, running_mean=rm, running_var=rv,
+                                                     momentum=1.0, eps=eps, layout=layout)
+    # the mean, to 1e-5 relative and to within the float32 rounding of 1e6
+    np.testing.assert_allclose(f64(save_mean), mean, rtol=1e-5)
+    assert np.all(np.abs(f64(save_mean) - mean) <= np.spacing(np.float32(1e6)))
+    # the variance recovered from save_invstd
+    var_back = 1.0 / f64(save_invstd) ** 2 - eps
+    np.testing.assert_allclose(var_back, var, rtol=1e-5)
+    # running statistics (momentum 1: exactly the batch statistics, unbiased)
+    M = x.size // C
+    np.testing.assert_allclose(f64(rm), mean, rtol=1e-5)
+    np.testing.assert_allclose(f64(rv), var * M / (M - 1), rtol=1e-5)
+    # the normalized output: no catastrophic loss either
+    ey, _, _, _, _ = ref.batch_norm_train(f64(x), eps=eps, layout=layout)
+    assert_close(y, ey, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", OFFSET_CASES[:6], ids=case_id)
+def test_float32_offset_backward(rng, case):
+    layout, shape = case
+    C = n_channels(shape, layout)
+    x = make_x(rng, shape, np.float32, layout, loc=1e6)
+    dy = make_x(rng, shape, np.float32, layout, loc=0.5)
+    w, _ = make_params(rng, C, np.float32)
+    _, m, s = cbn.batch_norm_train(x, w, layout=layout)
+    dx, dw, db = cbn.batch_norm_backward(dy, x, m, s, w, layout=layout)
+    edx, edw, edb = ref.batch_norm_backward(f64(dy), f64(x), f64(m), f64(s), f64(w),
+                                            layout=layout)
+    assert_close(db, edb)
+    assert_close(dw, edw)
+    assert_close(dx, edx)
+
+
+@pytest.mark.parametrize("case", OFFSET_CASES[:2] + OFFSET_CASES[4:5] + OFFSET_CASES[6:7],
+                         ids=case_id)
+def test_float64_offset(rng, case):
+    """float64 at 1e6 offset: agreement with the reference to near machine precision."""
+    layout, shape = case
+    x = make_x(rng, shape, np.float64, layout, loc=1e6)
+    y, m, s = cbn.batch_norm_train(x, layout=layout)
+    ey, em, es, _, _ = ref.batch_norm_train(x, layout=layout)
+    np.testing.assert_allclose(m, em, rtol=1e-14)
+    np.testing.assert_allclose(s, es, rtol=1e-9)
+    assert_close(y, ey, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_offset_1e4_small_spread(rng, dtype):
+    """Offset 1e4 with spread 1e-2: var ~ 1e-4, still recovered to 1e-5 relative."""
+    x = (1e4 + 1e-2 * rng.standard_normal((64, 3, 50))).astype(dtype)
+    _, m, s = cbn.batch_norm_train(x, eps=0.0)
+    mean, var = _two_pass(x, "NCHW")
+    np.testing.assert_allclose(1.0 / f64(s) ** 2, var, rtol=1e-5)
+    np.testing.assert_allclose(f64(m), mean, rtol=1e-7)
+
+
+# -- NaN / Inf stay in their channel --------------------------------------------------------------
+
+NAN_CASES = [
+    ("NCHW", (4, 5, 6)),
+    ("NHWC", (4, 6, 5)),
+    ("NCHW", (7, 5)),
+    ("NHWC", (7, 5)),
+    ("NHWC", (2, 1, 5)),
+    ("NCHW", (12, 8, 33, 31)),
+    ("NHWC", (8, 20, 18, 24)),
+    ("NHWC", (4, 8, 5, 600)),
+]
+BAD_VALUES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
+# the NumPy reference warns about inf - inf; cbn does not, and neither should the test output
+quiet = pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+
+
+def _poison(rng, x, layout, value):
+    """Put `value` at one random position of channel 1 (and return that channel)."""
+    c = 1
+    idx = [int(rng.integers(0, n)) for n in x.shape]
+    idx[channel_axis(layout, x.ndim)] = c
+    x[tuple(idx)] = value
+    return c
+
+
+def _other_channels(a, c, layout):
+    return np.delete(f64(a), c, axis=channel_axis(layout, np.ndim(a)))
+
+
+@quiet
+@pytest.mark.parametrize("bad", list(BAD_VALUES), ids=list(BAD_VALUES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", NAN_CASES, ids=case_id)
+def test_nonfinite_train_stays_in_channel(rng, case, dtype, bad):
+    layout, shape = case
+    C = n_channels(shape, layout)
+    x = make_x(rng, shape, dtype, layout)
+    c = _poison(rng, x, layout, BAD_VALUES[bad])
+    w, b = make_params(rng, C, dtype)
+    rm, rv = make_running(rng, C, dtype)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, m, s = cbn.batch_norm_train(x, w, b, running_mean=rm, running_var=rv, layout=layout)
+
+    assert np.all(np.isnan(channel_take(y, c, layout))), "poisoned channel must be all NaN"
+    assert np.isnan(s[c])
+    assert np.isnan(rv[c])
+    assert not np.isfinite(m[c]) and not np.isfinite(rm[c])
+    # every other channel is finite and exactly what the reference gives
+    ey, em, es, erm, erv = ref.batch_norm_train(f64(x), f64(w), f64(b), running_mean=f64(rm0),
+                                                running_var=f64(rv0), layout=layout)
+    others = _other_channels(y, c, layout)
+    assert np.all(np.isfinite(others))
+    assert_close(others, _other_channels(ey, c, layout), dtype=dtype)
+    for got, want in [(m, em), (s, es), (rm, erm), (rv, erv)]:
+        keep = np.arange(C) != c
+        assert np.all(np.isfinite(got[keep]))
+        assert_close(got[keep], want[keep], dtype=dtype)
+
+
+@quiet
+@pytest.mark.parametrize("where", ["x", "dy"])
+@pytest.mark.parametrize("bad", list(BAD_VALUES), ids=list(BAD_VALUES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", NAN_CASES, ids=case_id)
+def test_nonfinite_backward_stays_in_channel(rng, case, dtype, bad, where):
+    layout, shape = case
+    C = n_channels(shape, layout)
+    x = make_x(rng, shape, dtype, layout)
+    dy = make_x(rng, shape, dtype, layout)
+    w, _ = make_params(rng, C, dtype)
+    _, m, s = cbn.batch_norm_train(x, w, layout=layout)
+    c = _poison(rng, x if where == "x" else dy, layout, BAD_VALUES[bad])
+    dx, dw, db = cbn.batch_norm_backward(dy, x, m, s, w, layout=layout)
+
+    # (+-Inf can give +-Inf rather than NaN here: xhat * dweight with a finite xhat)
+    assert not np.any(np.isfinite(channel_take(dx, c, layout))), "poisoned channel must be NaN/Inf"
+    assert not np.isfinite(dw[c])
+    if where == "dy":
+        assert not np.isfinite(db[c])
+    edx, edw, edb = ref.batch_norm_backward(f64(dy), f64(x), f64(m), f64(s), f64(w),
+                                            layout=layout)
+    others = _other_channels(dx, c, layout)
+    assert np.all(np.isfinite(others))
+    assert_close(others, _other_channels(edx, c, layout), dtype=dtype)
+    keep = np.arange(C) != c
+    assert_close(dw[keep], edw[keep], dtype=dtype)
+    assert_close(db[keep], edb[keep], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", NAN_CASES, ids=case_id)
+def test_nonfinite_infer_is_elementwise(rng, case, dtype):
+    """Inference is elementwise: a NaN input gives a NaN output at that position only."""
+    layout, shape = case
+    C = n_channels(shape, layout)
+    x = make_x(rng, shape, dtype, layout)
+    _poison(rng, x, layout, np.nan)
+    rm, rv = make_running(rng, C, dtype)
+    w, b = make_params(rng, C, dtype)
+    y = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+    assert_close(y, ref.batch_norm_infer(f64(x), f64(rm), f64(rv), f64(w), f64(b),
+                                         layout=layout))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_nonfinite_running_stats_stay_in_channel(rng, dtype):
+    """A NaN running statistic in channel 0 spoils channel 0 of inference only."""
+    x = make_x(rng, (4, 3, 5), dtype)
+    rm, rv = make_running(rng, 3, dtype)
+    rv[0] = np.nan
+    y = cbn.batch_norm_infer(x, rm, rv)
+    assert np.all(np.isnan(y[:, 0])) and np.all(np.isfinite(y[:, 1:]))
