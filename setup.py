@@ -1,0 +1,38 @@
+"""Build of the cbn extension: the C kernels in src/cbn/csrc plus the Cython bridge.
+
+Environment:
+  CBN_REQUIRE_OPENMP=1  fail the build when the OpenMP probe fails (CI sets it)
+  CBN_PORTABLE=1        no -march=native: a binary that runs on any x86-64 / aarch64 CPU
+"""
+import glob
+import os
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
+from openmp_probe import arch_flags, openmp_flags  # noqa: E402
+
+omp_compile, omp_link = openmp_flags()
+# -ffp-contract=off: a*b+c is never fused behind our back, so every build of the same source
+# rounds the same way. Never -ffast-math: it would reorder the fixed-order reductions.
+cflags = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno"] + arch_flags() + omp_compile
+
+extension = Extension(
+    "cbn._core",
+    sources=["src/cbn/_core.pyx"] + sorted(glob.glob("src/cbn/csrc/*.c")),
+    include_dirs=["include", "src/cbn/csrc", numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=cflags,
+    extra_link_args=omp_link,
+)
+
+setup(
+    ext_modules=cythonize(
+        [extension],
+        compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
+                             "cdivision": True},
+    ),
+)

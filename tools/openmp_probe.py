@@ -1,0 +1,80 @@
+"""Build-time probes (scikit-learn's approach): compile, link and *run* a tiny program before
+trusting a compiler flag, so a build never ships flags the machine cannot use.
+
+Used by setup.py; importable without setuptools' build machinery running.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+
+OPENMP_PROBE = textwrap.dedent("""
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+ : n)
+        n += 1;
+        printf("%d %d\\n", n, omp_get_max_threads());
+        return n == omp_get_max_threads() ? 0 : 1;
+    }
+""")
+
+PLAIN_PROBE = "int main(void) { return 0; }\n"
+
+
+def compiler():
+    """The C compiler setuptools will use (CC overrides Python's configured one)."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return cc.split()
+
+
+def compiles_and_runs(source, cflags, ldflags=()):
+    """True when `source` compiles and links with the flags and its program exits 0."""
+    tmp = tempfile.mkdtemp(prefix="cbn_probe_")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        exe = os.path.join(tmp, "probe")
+        with open(src, "w") as f:
+            f.write(source)
+        cmd = compiler() + list(cflags) + [src, "-o", exe] + list(ldflags)
+        build = subprocess.run(cmd, capture_output=True, text=True)
+        if build.returncode != 0:
+            return False, build.stderr.strip()
+        run = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+        if run.returncode != 0:
+            return False, f"probe program exited {run.returncode}: {run.stdout}{run.stderr}"
+        return True, run.stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def openmp_flags():
+    """(compile flags, link flags) for OpenMP, or ([], []) when the probe fails.
+
+    With CBN_REQUIRE_OPENMP=1 a failed probe raises instead of falling back to a serial build.
+    """
+    ok, detail = compiles_and_runs(OPENMP_PROBE, ["-fopenmp"], ["-fopenmp"])
+    if ok:
+        return ["-fopenmp"], ["-fopenmp"]
+    message = ("cbn: OpenMP probe failed, building a SERIAL library (every kernel on one "
+               f"thread).\n  compiler: {' '.join(compiler())}\n  detail: {detail}")
+    if os.environ.get("CBN_REQUIRE_OPENMP") == "1":
+        raise RuntimeError(message + "\n  CBN_REQUIRE_OPENMP=1 makes this an error.")
+    print("WARNING: " + message, file=sys.stderr)
+    # still vectorize the `omp simd` loops when the compiler knows the flag
+    ok, _ = compiles_and_runs(PLAIN_PROBE, ["-fopenmp-simd"])
+    return (["-fopenmp-simd"] if ok else []), []
+
+
+def arch_flags():
+    """-march=native unless CBN_PORTABLE=1 or the compiler refuses it."""
+    if os.environ.get("CBN_PORTABLE") == "1":
+        return []
+    ok, _ = compiles_and_runs(PLAIN_PROBE, ["-march=native"])
+    return ["-march=native"] if ok else []
