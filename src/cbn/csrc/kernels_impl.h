@@ -488,49 +488,14 @@ static void FN(cl_fold)(const FN(job) *jb, int64_t c0, int64_t c1)
         }
 }
 
-/* One row segment of the elementwise pass, four rows per step where possible so that the
- * coefficient loads are shared. */
+/* Rows of the elementwise pass, one row per step: several rows per step would share the
+ * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer. */
 static void FN(cl_apply_rows)(FN(op) op, T *const *coef, const T *x, const T *dy, T *o,
                               int64_t rows, int64_t stride, int64_t w)
 {
     const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
             *restrict shift = coef[K_SHIFT], *restrict b = coef[K_B];
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const T *x0 = x + r * stride, *x1 = x0 + stride, *x2 = x1 + stride, *x3 = x2 + stride;
-        T *o0 = o + r * stride, *o1 = o0 + stride, *o2 = o1 + stride, *o3 = o2 + stride;
-        if (op == OP_INFER) {
-#pragma omp simd
-            for (int64_t j = 0; j < w; j++) {
-                const T s = scale[j], h = shift[j];
-                o0[j] = x0[j] * s + h;
-                o1[j] = x1[j] * s + h;
-                o2[j] = x2[j] * s + h;
-                o3[j] = x3[j] * s + h;
-            }
-        } else if (op == OP_TRAIN) {
-#pragma omp simd
-            for (int64_t j = 0; j < w; j++) {
-                const T m = center[j], s = scale[j], h = shift[j];
-                o0[j] = (x0[j] - m) * s + h;
-                o1[j] = (x1[j] - m) * s + h;
-                o2[j] = (x2[j] - m) * s + h;
-                o3[j] = (x3[j] - m) * s + h;
-            }
-        } else {
-            const T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride,
-                    *g3 = g2 + stride;
-#pragma omp simd
-            for (int64_t j = 0; j < w; j++) {
-                const T m = center[j], s = scale[j], h = shift[j], bb = b[j];
-                o0[j] = s * g0[j] + bb * (x0[j] - m) + h;
-                o1[j] = s * g1[j] + bb * (x1[j] - m) + h;
-                o2[j] = s * g2[j] + bb * (x2[j] - m) + h;
-                o3[j] = s * g3[j] + bb * (x3[j] - m) + h;
-            }
-        }
-    }
-    for (; r < rows; r++) {
+    for (int64_t r = 0; r < rows; r++) {
         const T *xr = x + r * stride;
         T *orow = o + r * stride;
         if (op == OP_INFER) {
@@ -643,7 +608,8 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
 
 /* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
  * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
- * thread applies the units it reduced, which are still in its cache when the tensor fits. */
+ * thread applies the units it reduced, last first: those were read most recently and are the
+ * ones still in cache when the tensor does not fit. */
 static void FN(cl_run_job)(FN(job) *jb)
 {
     const cbn_plan *p = &jb->plan;
@@ -651,11 +617,12 @@ static void FN(cl_run_job)(FN(job) *jb)
     int redo = 0;
 #pragma omp parallel num_threads(p->n_threads)
     {
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
+        const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
         if (jb->op != OP_INFER) {
-            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-            const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
-#pragma omp for schedule(static)
-            for (int64_t u = 0; u < U; u++) FN(cl_reduce_unit)(jb, u);
+            for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
+#pragma omp barrier
             FN(cl_fold)(jb, c0, c1);
             int my_redo = 0;
             for (int64_t c = c0; c < c1; c++) {
@@ -681,8 +648,8 @@ static void FN(cl_run_job)(FN(job) *jb)
 #pragma omp atomic read
             again = redo;
             if (again) {            /* all threads agree: a second pass, pivots at the means */
-#pragma omp for schedule(static)
-                for (int64_t u = 0; u < U; u++) FN(cl_reduce_unit)(jb, u);
+                for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
+#pragma omp barrier
                 FN(cl_fold)(jb, c0, c1);
                 for (int64_t c = c0; c < c1; c++) {
                     T kc[N_COEF];
@@ -695,8 +662,7 @@ static void FN(cl_run_job)(FN(job) *jb)
 #pragma omp barrier
             }
         }
-#pragma omp for schedule(static) nowait
-        for (int64_t u = 0; u < U; u++) FN(cl_apply_unit)(jb, u);
+        for (int64_t u = u1; u-- > u0;) FN(cl_apply_unit)(jb, u);
         cbn_stream_fence();
     }
 }
@@ -830,13 +796,18 @@ int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_
     return CBN_OK;
 }
 
-/* scale = weight/sqrt(var + eps), shift = bias - mean*scale for one channel, in double. */
-static void FN(fold_channel)(const T *running_mean, const T *running_var, const T *weight,
-                             const T *bias, double eps, int64_t c, double *scale, double *shift)
+/* scale = weight/sqrt(var + eps), shift = bias - mean*scale for every channel, computed in
+ * double and stored in T (one loop, vectorized: it runs once per inference call). */
+static void FN(fold)(int64_t C, const T *running_mean, const T *running_var, const T *weight,
+                     const T *bias, double eps, T *restrict scale, T *restrict shift)
 {
-    const double s = (weight ? (double)weight[c] : 1.0) / sqrt((double)running_var[c] + eps);
-    *scale = s;
-    *shift = (bias ? (double)bias[c] : 0.0) - (double)running_mean[c] * s;
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        const double w = weight ? (double)weight[c] : 1.0, b = bias ? (double)bias[c] : 0.0;
+        const double s = w / sqrt((double)running_var[c] + eps);
+        scale[c] = (T)s;
+        shift[c] = (T)(b - (double)running_mean[c] * s);
+    }
 }
 
 int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_var,
@@ -844,12 +815,7 @@ int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_
 {
     if (C < 0 || !(eps >= 0.0)) return CBN_ERR_ARGUMENT;
     if (C > 0 && (!running_mean || !running_var || !scale || !shift)) return CBN_ERR_ARGUMENT;
-    for (int64_t c = 0; c < C; c++) {
-        double s, b;
-        FN(fold_channel)(running_mean, running_var, weight, bias, eps, c, &s, &b);
-        scale[c] = (T)s;
-        shift[c] = (T)b;
-    }
+    FN(fold)(C, running_mean, running_var, weight, bias, eps, scale, shift);
     return CBN_OK;
 }
 
@@ -869,13 +835,9 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     jb.x = x;
     jb.out = y;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
-    for (int64_t c = 0; c < C; c++) {
-        double s, b;
-        FN(fold_channel)(running_mean, running_var, weight, bias, eps, c, &s, &b);
-        jb.coef[K_CENTER][c] = jb.coef[K_B][c] = 0;
-        jb.coef[K_SCALE][c] = (T)s;
-        jb.coef[K_SHIFT][c] = (T)b;
-    }
+    memset(jb.coef[K_CENTER], 0, sizeof(T) * (size_t)C);      /* unused by inference; defined */
+    memset(jb.coef[K_B], 0, sizeof(T) * (size_t)C);
+    FN(fold)(C, running_mean, running_var, weight, bias, eps, jb.coef[K_SCALE], jb.coef[K_SHIFT]);
     FN(run_job)(&jb);
     return CBN_OK;
 }
