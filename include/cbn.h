@@ -28,6 +28,9 @@ extern "C" {
 
 typedef enum { CBN_CHANNELS_FIRST = 0, CBN_CHANNELS_LAST = 1 } cbn_layout;
 
+/* Activation fused into the normalize pass (and its gradient into backward). */
+typedef enum { CBN_ACTIVATION_NONE = 0, CBN_ACTIVATION_RELU = 1 } cbn_activation;
+
 enum {
     CBN_OK = 0,
     CBN_ERR_ARGUMENT = -1,     /* negative size, NULL required pointer, bad layout/eps/momentum */
@@ -54,47 +57,52 @@ int cbn_max_threads(void);
  *        running_mean = (1-momentum)*running_mean + momentum*mean
  *        running_var  = (1-momentum)*running_var  + momentum*var*(M/(M-1) if unbiased_running_var)
  *   OUT save_mean, save_invstd  C values: batch mean and 1/sqrt(biased var + eps); may be NULL
+ *   IN  activation        CBN_ACTIVATION_RELU: y = max(y, 0) in the same pass (NaN stays NaN)
  * y = (x - mean) * invstd * weight + bias. Requires M = N*S >= 2, eps >= 0, 0 <= momentum <= 1.
  */
 int cbn_train_forward_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
                           cbn_layout layout, const float *weight, const float *bias,
                           float *running_mean, float *running_var, double momentum, double eps,
                           int unbiased_running_var, float *save_mean, float *save_invstd,
-                          int n_threads);
+                          cbn_activation activation, int n_threads);
 int cbn_train_forward_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
                           cbn_layout layout, const double *weight, const double *bias,
                           double *running_mean, double *running_var, double momentum, double eps,
                           int unbiased_running_var, double *save_mean, double *save_invstd,
-                          int n_threads);
+                          cbn_activation activation, int n_threads);
 
 /*
  * Backward of training forward, given the save_mean/save_invstd it returned.
  *   IN  dy, x             N*C*S values in `layout`
  *   IN  save_mean, save_invstd, weight (C values; weight may be NULL = 1)
+ *   IN  y, activation     CBN_ACTIVATION_RELU: y is the forward output (after the ReLU) and the
+ *                         gradient is taken as dy where y > 0, else 0; y is NULL otherwise
  *   OUT dx                same shape; dx == dy (in place) is allowed
  *   OUT dweight, dbias    C values or NULL: sum(dy * xhat), sum(dy) per channel
  * dx = weight*invstd * (dy - dbias/M - xhat*dweight/M), xhat = (x - mean)*invstd.
  */
 int cbn_backward_f32(const float *dy, const float *x, const float *save_mean,
-                     const float *save_invstd, const float *weight, float *dx, float *dweight,
-                     float *dbias, int64_t N, int64_t C, int64_t S, cbn_layout layout,
-                     int n_threads);
+                     const float *save_invstd, const float *weight, const float *y,
+                     cbn_activation activation, float *dx, float *dweight, float *dbias,
+                     int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
 int cbn_backward_f64(const double *dy, const double *x, const double *save_mean,
-                     const double *save_invstd, const double *weight, double *dx,
-                     double *dweight, double *dbias, int64_t N, int64_t C, int64_t S,
-                     cbn_layout layout, int n_threads);
+                     const double *save_invstd, const double *weight, const double *y,
+                     cbn_activation activation, double *dx, double *dweight, double *dbias,
+                     int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
 
 /*
  * Frozen inference: y = x*scale + shift per channel, scale and shift from cbn_fold_scale_shift.
  *   IN  x, running_mean, running_var (C values), weight, bias (C values or NULL)
+ *   IN  activation        CBN_ACTIVATION_RELU: y = max(y, 0) in the same pass
  *   OUT y                 same shape as x; y == x (in place) is allowed
  */
 int cbn_infer_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                   const float *running_mean, const float *running_var, const float *weight,
-                  const float *bias, double eps, int n_threads);
+                  const float *bias, double eps, cbn_activation activation, int n_threads);
 int cbn_infer_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
                   cbn_layout layout, const double *running_mean, const double *running_var,
-                  const double *weight, const double *bias, double eps, int n_threads);
+                  const double *weight, const double *bias, double eps, cbn_activation activation,
+                  int n_threads);
 
 /*
  * Fold running statistics and affine parameters into one multiply-add, in double:

@@ -17,7 +17,7 @@ _THREADS_DOC = """n_threads : int or None, default None
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
                      momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
-                     out=None, n_threads=None):
+                     activation=None, out=None, n_threads=None):
     x = v.float_array(x, "x")
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
@@ -27,6 +27,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     running_mean, running_var = v.running_stats(running_mean, running_var, C, dtype)
     momentum = v.momentum_value(momentum)
     eps = v.eps_value(eps)
+    relu = v.relu(activation)
     v.enough_values(x.shape, N, S)
     y = v.output(out, x.shape, dtype)
     n_threads = _resolve(n_threads)
@@ -35,7 +36,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     save_invstd = np.empty(C, dtype)
     v.check_status(_core.train_forward(
         x, y, N, C, S, cl, weight, bias, running_mean, running_var, momentum, eps,
-        bool(unbiased_running_var), save_mean, save_invstd, n_threads))
+        bool(unbiased_running_var), save_mean, save_invstd, relu, n_threads))
     return y, save_mean, save_invstd
 
 
@@ -68,6 +69,8 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     unbiased_running_var : bool, default True
         Update running_var with the unbiased batch variance (PyTorch) or the biased one
         (Keras/ONNX).
+    activation : {None, "relu"}, default None
+        "relu": ``y = max(y, 0)`` in the same pass (no extra array, no extra pass).
     out : ndarray, optional
         Where to write y: x's dtype and shape, C-contiguous, writeable. ``out=x`` works in place.
     {_THREADS_DOC}
@@ -96,8 +99,8 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     """
 
 
-def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", out=None,
-                        n_threads=None):
+def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", y=None,
+                        activation=None, out=None, n_threads=None):
     x = v.float_array(x, "x")
     dy = v.float_array(dy, "dy")
     v.same_dtype(dy, "dy", x, "x")
@@ -110,13 +113,23 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     save_mean = v.channel_param(save_mean, "save_mean", C, dtype)
     save_invstd = v.channel_param(save_invstd, "save_invstd", C, dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
+    if v.relu(activation):
+        if y is None:
+            raise ValueError("activation='relu' needs y, the output of the forward pass")
+        y = v.float_array(y, "y")
+        v.same_dtype(y, "y", x, "x")
+        v.same_shape(y, "y", x, "x")
+    else:
+        y = None          # without an activation y is not needed (and not read)
     dx = v.output(out, x.shape, dtype)
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, dx)
     dy = v.contiguous_input(dy, dx)
+    if y is not None:
+        y = v.contiguous_input(y, dx)
     dweight = np.empty(C, dtype)
     dbias = np.empty(C, dtype)
-    v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, dx, dweight, dbias,
+    v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias,
                                   N, C, S, cl, n_threads))
     return dx, dweight, dbias
 
@@ -140,6 +153,10 @@ batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect t
     weight : array_like, shape (C,), optional
         The weight given to `batch_norm_train`; None means 1.
     {_LAYOUT_DOC}
+    y : array_like, optional
+        With ``activation="relu"``: the output of ``batch_norm_train(..., activation="relu")``;
+        dy is taken as 0 where ``y <= 0`` (the ReLU's gradient), in the same pass.
+    activation : {None, "relu"}, default None
     out : ndarray, optional
         Where to write dx (x's dtype and shape, C-contiguous, writeable); ``out=dy`` works.
     {_THREADS_DOC}
@@ -154,7 +171,7 @@ batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect t
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                     layout="NCHW", out=None, n_threads=None):
+                     layout="NCHW", activation=None, out=None, n_threads=None):
     x = v.float_array(x, "x")
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
@@ -166,11 +183,12 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
     weight = v.channel_param(weight, "weight", C, dtype)
     bias = v.channel_param(bias, "bias", C, dtype)
     eps = v.eps_value(eps)
+    relu = v.relu(activation)
     y = v.output(out, x.shape, dtype)
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
     v.check_status(_core.infer(x, y, N, C, S, cl, running_mean, running_var, weight, bias, eps,
-                               n_threads))
+                               relu, n_threads))
     return y
 
 
@@ -188,6 +206,8 @@ batch_norm_infer.__doc__ = f"""Inference-mode (frozen) batch normalization: one 
         None means 1 and 0.
     eps : float >= 0, default 1e-5
     {_LAYOUT_DOC}
+    activation : {None, "relu"}, default None
+        "relu": ``y = max(y, 0)`` in the same pass.
     out : ndarray, optional
         Where to write y (x's dtype and shape, C-contiguous, writeable); ``out=x`` works.
     {_THREADS_DOC}

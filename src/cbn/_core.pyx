@@ -14,6 +14,9 @@ cdef extern from "cbn.h" nogil:
     ctypedef enum cbn_layout:
         CBN_CHANNELS_FIRST
         CBN_CHANNELS_LAST
+    ctypedef enum cbn_activation:
+        CBN_ACTIVATION_NONE
+        CBN_ACTIVATION_RELU
     const char *cbn_error_string(int code)
     int cbn_openmp_enabled()
     int cbn_max_threads()
@@ -21,26 +24,28 @@ cdef extern from "cbn.h" nogil:
                               cbn_layout layout, const float *weight, const float *bias,
                               float *running_mean, float *running_var, double momentum,
                               double eps, int unbiased_running_var, float *save_mean,
-                              float *save_invstd, int n_threads)
+                              float *save_invstd, cbn_activation activation, int n_threads)
     int cbn_train_forward_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
                               cbn_layout layout, const double *weight, const double *bias,
                               double *running_mean, double *running_var, double momentum,
                               double eps, int unbiased_running_var, double *save_mean,
-                              double *save_invstd, int n_threads)
+                              double *save_invstd, cbn_activation activation, int n_threads)
     int cbn_backward_f32(const float *dy, const float *x, const float *save_mean,
-                         const float *save_invstd, const float *weight, float *dx,
-                         float *dweight, float *dbias, int64_t N, int64_t C, int64_t S,
-                         cbn_layout layout, int n_threads)
+                         const float *save_invstd, const float *weight, const float *y,
+                         cbn_activation activation, float *dx, float *dweight, float *dbias,
+                         int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
     int cbn_backward_f64(const double *dy, const double *x, const double *save_mean,
-                         const double *save_invstd, const double *weight, double *dx,
-                         double *dweight, double *dbias, int64_t N, int64_t C, int64_t S,
-                         cbn_layout layout, int n_threads)
+                         const double *save_invstd, const double *weight, const double *y,
+                         cbn_activation activation, double *dx, double *dweight, double *dbias,
+                         int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
     int cbn_infer_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
                       cbn_layout layout, const float *running_mean, const float *running_var,
-                      const float *weight, const float *bias, double eps, int n_threads)
+                      const float *weight, const float *bias, double eps,
+                      cbn_activation activation, int n_threads)
     int cbn_infer_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
                       cbn_layout layout, const double *running_mean, const double *running_var,
-                      const double *weight, const double *bias, double eps, int n_threads)
+                      const double *weight, const double *bias, double eps,
+                      cbn_activation activation, int n_threads)
     int cbn_fold_scale_shift_f32(int64_t C, const float *running_mean, const float *running_var,
                                  const float *weight, const float *bias, double eps,
                                  float *scale, float *shift)
@@ -77,8 +82,9 @@ def max_threads():
 
 def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, weight, bias,
                   running_mean, running_var, double momentum, double eps,
-                  bint unbiased_running_var, save_mean, save_invstd, int n_threads):
+                  bint unbiased_running_var, save_mean, save_invstd, bint relu, int n_threads):
     cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef cbn_activation act = CBN_ACTIVATION_RELU if relu else CBN_ACTIVATION_NONE
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     cdef void *pw = _ptr(weight)
@@ -93,19 +99,22 @@ def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, wei
             rc = cbn_train_forward_f32(<float *>px, <float *>py, N, C, S, layout,
                                        <float *>pw, <float *>pb, <float *>prm, <float *>prv,
                                        momentum, eps, unbiased_running_var, <float *>psm,
-                                       <float *>psi, n_threads)
+                                       <float *>psi, act, n_threads)
     else:
         with nogil:
             rc = cbn_train_forward_f64(<double *>px, <double *>py, N, C, S, layout,
                                        <double *>pw, <double *>pb, <double *>prm,
                                        <double *>prv, momentum, eps, unbiased_running_var,
-                                       <double *>psm, <double *>psi, n_threads)
+                                       <double *>psm, <double *>psi, act, n_threads)
     return rc
 
 
-def backward(dy, x, save_mean, save_invstd, weight, dx, dweight, dbias, int64_t N, int64_t C,
+def backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias, int64_t N, int64_t C,
              int64_t S, bint channels_last, int n_threads):
+    """y: the output of a fused ReLU (its gradient is applied), or None."""
     cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef cbn_activation act = CBN_ACTIVATION_NONE if y is None else CBN_ACTIVATION_RELU
+    cdef void *py = _ptr(y)
     cdef void *pdy = _ptr(dy)
     cdef void *px = _ptr(x)
     cdef void *psm = _ptr(save_mean)
@@ -118,19 +127,20 @@ def backward(dy, x, save_mean, save_invstd, weight, dx, dweight, dbias, int64_t 
     if _is_f32(x):
         with nogil:
             rc = cbn_backward_f32(<float *>pdy, <float *>px, <float *>psm, <float *>psi,
-                                  <float *>pw, <float *>pdx, <float *>pdw, <float *>pdb,
-                                  N, C, S, layout, n_threads)
+                                  <float *>pw, <float *>py, act, <float *>pdx, <float *>pdw,
+                                  <float *>pdb, N, C, S, layout, n_threads)
     else:
         with nogil:
             rc = cbn_backward_f64(<double *>pdy, <double *>px, <double *>psm, <double *>psi,
-                                  <double *>pw, <double *>pdx, <double *>pdw, <double *>pdb,
-                                  N, C, S, layout, n_threads)
+                                  <double *>pw, <double *>py, act, <double *>pdx,
+                                  <double *>pdw, <double *>pdb, N, C, S, layout, n_threads)
     return rc
 
 
 def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mean,
-          running_var, weight, bias, double eps, int n_threads):
+          running_var, weight, bias, double eps, bint relu, int n_threads):
     cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef cbn_activation act = CBN_ACTIVATION_RELU if relu else CBN_ACTIVATION_NONE
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     cdef void *prm = _ptr(running_mean)
@@ -141,11 +151,12 @@ def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mea
     if _is_f32(x):
         with nogil:
             rc = cbn_infer_f32(<float *>px, <float *>py, N, C, S, layout, <float *>prm,
-                               <float *>prv, <float *>pw, <float *>pb, eps, n_threads)
+                               <float *>prv, <float *>pw, <float *>pb, eps, act, n_threads)
     else:
         with nogil:
             rc = cbn_infer_f64(<double *>px, <double *>py, N, C, S, layout, <double *>prm,
-                               <double *>prv, <double *>pw, <double *>pb, eps, n_threads)
+                               <double *>prv, <double *>pw, <double *>pb, eps, act,
+                               n_threads)
     return rc
 
 

@@ -97,6 +97,15 @@ def running_stats(running_mean, running_var, C, dtype):
             writable_buffer(running_var, "running_var", (C,), dtype))
 
 
+def relu(activation):
+    """True for a fused ReLU, False for none."""
+    if activation is None:
+        return False
+    if activation == "relu":
+        return True
+    raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+
+
 def eps_value(eps):
     eps = float(eps)
     if not eps >= 0.0:

@@ -57,6 +57,8 @@ typedef struct {
     /* backward */
     const T *in_mean, *in_invstd;
     T *dweight, *dbias;
+    const T *y;                   /* backward through a fused ReLU: its output, else NULL */
+    int relu;                     /* forward: clamp the output at 0 (fused ReLU) */
     /* scratch */
     double *partials;             /* 2 per chunk (channels-first) or per row block x channel */
     double *pivot;                /* C: training's shift of each channel */
@@ -84,34 +86,64 @@ static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, d
     s[1] += q;
 }
 
-/* s[0] += sum(dy), s[1] += sum(dy * (x - mean)) */
-static void FN(run_dy_sums)(const T *restrict dy, const T *restrict x, int64_t n, double mean,
-                            double *s)
+/* The gradient reaching batch norm: dy, or dy where y > 0 and 0 elsewhere when a fused ReLU
+ * produced y (y == NULL: no activation). */
+#define GRAD(dy, y, i) ((y) ? ((y)[i] > 0 ? (dy)[i] : (T)0) : (dy)[i])
+
+/* s[0] += sum(g), s[1] += sum(g * (x - mean)), g = GRAD(dy, y) */
+static void FN(run_dy_sums)(const T *restrict dy, const T *restrict y, const T *restrict x,
+                            int64_t n, double mean, double *s)
 {
     double a = 0.0, q = 0.0;
+    if (y) {
 #pragma omp simd reduction(+ : a, q)
-    for (int64_t i = 0; i < n; i++) {
-        const double g = (double)dy[i];
-        a += g;
-        q += g * ((double)x[i] - mean);
+        for (int64_t i = 0; i < n; i++) {
+            const double g = (double)(y[i] > 0 ? dy[i] : (T)0);
+            a += g;
+            q += g * ((double)x[i] - mean);
+        }
+    } else {
+#pragma omp simd reduction(+ : a, q)
+        for (int64_t i = 0; i < n; i++) {
+            const double g = (double)dy[i];
+            a += g;
+            q += g * ((double)x[i] - mean);
+        }
     }
     s[0] += a;
     s[1] += q;
 }
 
-/* One run of the elementwise pass; out may be x (or dy). */
-static void FN(run_apply)(FN(op) op, const T *x, const T *dy, T *out, int64_t n, const T *k)
+/* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
+ * stays NaN); y: the mask of a fused ReLU in backward. */
+static void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y, T *out,
+                          int64_t n, const T *k)
 {
     const T center = k[K_CENTER], scale = k[K_SCALE], shift = k[K_SHIFT], b = k[K_B];
+    if (op == OP_BACKWARD) {
+        if (y) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++)
+                out[i] = scale * (y[i] > 0 ? dy[i] : (T)0) + b * (x[i] - center) + shift;
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + b * (x[i] - center) + shift;
+        }
+        return;
+    }
+    const T lo = relu ? (T)0 : (T)-INFINITY;     /* v < -inf never holds: no clamp */
     if (op == OP_INFER) {
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale + shift;
-    } else if (op == OP_TRAIN) {
-#pragma omp simd
-        for (int64_t i = 0; i < n; i++) out[i] = (x[i] - center) * scale + shift;
+        for (int64_t i = 0; i < n; i++) {
+            const T v = x[i] * scale + shift;
+            out[i] = v < lo ? lo : v;
+        }
     } else {
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + b * (x[i] - center) + shift;
+        for (int64_t i = 0; i < n; i++) {
+            const T v = (x[i] - center) * scale + shift;
+            out[i] = v < lo ? lo : v;
+        }
     }
 }
 
@@ -213,7 +245,8 @@ static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off
                                        double pivot, double *acc)
 {
     if (jb->op == OP_TRAIN) FN(run_shifted_sums)(jb->x + off, len, pivot, acc);
-    else FN(run_dy_sums)(jb->dy + off, jb->x + off, len, (double)jb->in_mean[c], acc);
+    else FN(run_dy_sums)(jb->dy + off, jb->y ? jb->y + off : NULL, jb->x + off, len,
+                         (double)jb->in_mean[c], acc);
 }
 
 /* Partials of chunk k of channel c (pivot: training's shift). */
@@ -287,15 +320,16 @@ static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, in
  * computed in L1 and then streamed out. */
 static void FN(cf_apply_piece)(const FN(job) *jb, int64_t off, int64_t len, const T *kc)
 {
-    const T *dy = jb->dy ? jb->dy + off : NULL;
+    const T *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
     if (!jb->stream) {
-        FN(run_apply)(jb->op, jb->x + off, dy, jb->out + off, len, kc);
+        FN(run_apply)(jb->op, jb->relu, jb->x + off, dy, y, jb->out + off, len, kc);
         return;
     }
     T buf[CBN_STREAM_BLOCK];
     for (int64_t i = 0; i < len; i += CBN_STREAM_BLOCK) {
         const int64_t n = len - i < CBN_STREAM_BLOCK ? len - i : CBN_STREAM_BLOCK;
-        FN(run_apply)(jb->op, jb->x + off + i, dy ? dy + i : NULL, buf, n, kc);
+        FN(run_apply)(jb->op, jb->relu, jb->x + off + i, dy ? dy + i : NULL, y ? y + i : NULL,
+                      buf, n, kc);
         cbn_stream_bytes(jb->out + off + i, buf, sizeof(T) * (size_t)n);
     }
 }
@@ -428,35 +462,42 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
     }
 }
 
-/* Column sums s[j] = sum_r dy, q[j] = sum_r dy*(x - mean[j]), four rows per step. */
-static void FN(cl_dy_sums)(const T *x, const T *dy, int64_t C, FN(tile) t,
-                           const T *restrict mean, double *restrict s, double *restrict q)
+/* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - mean[j]) with g = GRAD(dy, y), four rows
+ * per step. Written once; the two calls below specialize it for y == NULL and y != NULL, so the
+ * mask costs nothing when there is no activation. */
+static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
+                                       const T *restrict mean, double *restrict s,
+                                       double *restrict q)
 {
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
-        const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
-                *restrict x3 = x2 + C;
-        const T *restrict g0 = dy + r * C + t.c0, *restrict g1 = g0 + C, *restrict g2 = g1 + C,
-                *restrict g3 = g2 + C;
+        const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
 #pragma omp simd
         for (int64_t j = 0; j < t.w; j++) {
             const double m = (double)mean[j];
-            const double e0 = (double)g0[j], e1 = (double)g1[j], e2 = (double)g2[j],
-                         e3 = (double)g3[j];
+            const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
+                         e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
             s[j] += (e0 + e1) + (e2 + e3);
-            q[j] += (e0 * ((double)x0[j] - m) + e1 * ((double)x1[j] - m)) +
-                    (e2 * ((double)x2[j] - m) + e3 * ((double)x3[j] - m));
+            q[j] += (e0 * ((double)x[o0 + j] - m) + e1 * ((double)x[o1 + j] - m)) +
+                    (e2 * ((double)x[o2 + j] - m) + e3 * ((double)x[o3 + j] - m));
         }
     }
     for (; r < t.r1; r++) {
-        const T *restrict xr = x + r * C + t.c0, *restrict gr = dy + r * C + t.c0;
+        const int64_t o = r * C + t.c0;
 #pragma omp simd
         for (int64_t j = 0; j < t.w; j++) {
-            const double e = (double)gr[j];
+            const double e = (double)GRAD(dy, y, o + j);
             s[j] += e;
-            q[j] += e * ((double)xr[j] - (double)mean[j]);
+            q[j] += e * ((double)x[o + j] - (double)mean[j]);
         }
     }
+}
+
+static void FN(cl_dy_sums)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
+                           const T *restrict mean, double *restrict s, double *restrict q)
+{
+    if (y) FN(cl_dy_sums_body)(x, dy, y, C, t, mean, s, q);
+    else FN(cl_dy_sums_body)(x, dy, NULL, C, t, mean, s, q);
 }
 
 static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u)
@@ -468,7 +509,7 @@ static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u)
     memset(s, 0, sizeof(double) * (size_t)t.w);
     memset(q, 0, sizeof(double) * (size_t)t.w);
     if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, p->C, t, jb->pivot + t.c0, s, q);
-    else FN(cl_dy_sums)(jb->x, jb->dy, p->C, t, jb->in_mean + t.c0, s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, p->C, t, jb->in_mean + t.c0, s, q);
 }
 
 /* Channel sums over row blocks, in row-block order, for channels [c0, c1) (vectorized across
@@ -490,20 +531,32 @@ static void FN(cl_fold)(const FN(job) *jb, int64_t c0, int64_t c1)
 
 /* Rows of the elementwise pass, one row per step: several rows per step would share the
  * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer. */
-static void FN(cl_apply_rows)(FN(op) op, T *const *coef, const T *x, const T *dy, T *o,
-                              int64_t rows, int64_t stride, int64_t w)
+static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, const T *dy,
+                              const T *y, T *o, int64_t rows, int64_t stride, int64_t w)
 {
     const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
             *restrict shift = coef[K_SHIFT], *restrict b = coef[K_B];
+    const T lo = relu ? (T)0 : (T)-INFINITY;
     for (int64_t r = 0; r < rows; r++) {
         const T *xr = x + r * stride;
         T *orow = o + r * stride;
         if (op == OP_INFER) {
 #pragma omp simd
-            for (int64_t j = 0; j < w; j++) orow[j] = xr[j] * scale[j] + shift[j];
+            for (int64_t j = 0; j < w; j++) {
+                const T v = xr[j] * scale[j] + shift[j];
+                orow[j] = v < lo ? lo : v;
+            }
         } else if (op == OP_TRAIN) {
 #pragma omp simd
-            for (int64_t j = 0; j < w; j++) orow[j] = (xr[j] - center[j]) * scale[j] + shift[j];
+            for (int64_t j = 0; j < w; j++) {
+                const T v = (xr[j] - center[j]) * scale[j] + shift[j];
+                orow[j] = v < lo ? lo : v;
+            }
+        } else if (y) {
+            const T *g = dy + r * stride, *yr = y + r * stride;
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++)
+                orow[j] = scale[j] * GRAD(g, yr, j) + b[j] * (xr[j] - center[j]) + shift[j];
         } else {
             const T *g = dy + r * stride;
 #pragma omp simd
@@ -513,32 +566,33 @@ static void FN(cl_apply_rows)(FN(op) op, T *const *coef, const T *x, const T *dy
     }
 }
 
-/* Rows of the elementwise pass with per-column coefficients; with jb->stream, each row is
- * computed into buf (w values) and streamed out. */
-static void FN(apply_rows)(const FN(job) *jb, T *const *coef, const T *x, const T *dy, T *out,
-                           int64_t rows, int64_t stride, int64_t w, T *buf)
+/* Rows of the elementwise pass with per-column coefficients, starting at element `off` of the
+ * job's arrays; with jb->stream, each row is computed into buf (w values) and streamed out. */
+static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64_t rows,
+                           int64_t stride, int64_t w, T *buf)
 {
+    const T *x = jb->x + off, *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
+    T *out = jb->out + off;
     if (!jb->stream) {
-        FN(cl_apply_rows)(jb->op, coef, x, dy, out, rows, stride, w);
+        FN(cl_apply_rows)(jb->op, jb->relu, coef, x, dy, y, out, rows, stride, w);
         return;
     }
     for (int64_t r = 0; r < rows; r++) {
-        FN(cl_apply_rows)(jb->op, coef, x + r * stride, dy ? dy + r * stride : NULL, buf, 1,
-                          stride, w);
-        cbn_stream_bytes(out + r * stride, buf, sizeof(T) * (size_t)w);
+        const int64_t o = r * stride;
+        FN(cl_apply_rows)(jb->op, jb->relu, coef, x + o, dy ? dy + o : NULL, y ? y + o : NULL,
+                          buf, 1, stride, w);
+        cbn_stream_bytes(out + o, buf, sizeof(T) * (size_t)w);
     }
 }
 
 static void FN(cl_apply_unit)(const FN(job) *jb, int64_t u)
 {
     const cbn_plan *p = &jb->plan;
-    const int64_t C = p->C;
     const FN(tile) t = FN(unit_tile)(p, u);
     T *coef[N_COEF];
     for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + t.c0;
     T buf[CBN_MAX_COL_TILE];
-    FN(apply_rows)(jb, coef, jb->x + t.r0 * C + t.c0, jb->dy ? jb->dy + t.r0 * C + t.c0 : NULL,
-                   jb->out + t.r0 * C + t.c0, t.r1 - t.r0, C, t.w, buf);
+    FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf);
 }
 
 /* ---- channels-first with short runs (plan.columns) -----------------------------------------
@@ -583,7 +637,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     memset(s, 0, sizeof(double) * (size_t)w);
     memset(q, 0, sizeof(double) * (size_t)w);
     if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, stride, t, col, s, q);
-    else FN(cl_dy_sums)(jb->x, jb->dy, stride, t, coef[K_CENTER], s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, stride, t, coef[K_CENTER], s, q);
     for (int64_t c = g0; c < g1; c++) {
         const int64_t j0 = (c - g0) * S;
         double sums[2], mean;
@@ -602,8 +656,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
         for (int i = 0; i < N_COEF; i++)
             for (int64_t j = j0; j < j0 + S; j++) coef[i][j] = kc[i];
     }
-    FN(apply_rows)(jb, coef, jb->x + g0 * S, jb->dy ? jb->dy + g0 * S : NULL, jb->out + g0 * S,
-                   p->N, stride, w, buf);
+    FN(apply_rows)(jb, coef, g0 * S, p->N, stride, w, buf);
 }
 
 /* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
@@ -736,10 +789,12 @@ static void FN(run_job)(FN(job) *jb)
 int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                           const T *weight, const T *bias, T *running_mean, T *running_var,
                           double momentum, double eps, int unbiased_running_var, T *save_mean,
-                          T *save_invstd, int n_threads)
+                          T *save_invstd, cbn_activation activation, int n_threads)
 {
     int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
     if (rc) return rc;
+    if (activation != CBN_ACTIVATION_NONE && activation != CBN_ACTIVATION_RELU)
+        return CBN_ERR_ARGUMENT;
     if (!(eps >= 0.0) || !(momentum >= 0.0 && momentum <= 1.0)) return CBN_ERR_ARGUMENT;
     if ((running_mean == NULL) != (running_var == NULL)) return CBN_ERR_ARGUMENT;
     if (N * S <= 1) return CBN_ERR_TOO_FEW_VALUES;
@@ -759,17 +814,20 @@ int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn
     jb.unbiased_running_var = unbiased_running_var;
     jb.save_mean = save_mean;
     jb.save_invstd = save_invstd;
+    jb.relu = activation == CBN_ACTIVATION_RELU;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
     return CBN_OK;
 }
 
 int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
-                     const T *weight, T *dx, T *dweight, T *dbias, int64_t N, int64_t C,
-                     int64_t S, cbn_layout layout, int n_threads)
+                     const T *weight, const T *y, cbn_activation activation, T *dx, T *dweight,
+                     T *dbias, int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
     if (rc) return rc;
+    if (activation == CBN_ACTIVATION_RELU ? (N * C * S > 0 && !y) : activation != CBN_ACTIVATION_NONE)
+        return CBN_ERR_ARGUMENT;
     if (C > 0 && (!dy || !save_mean || !save_invstd)) return CBN_ERR_ARGUMENT;
     if (C == 0) return CBN_OK;
     if (N * S == 0) {        /* empty batch: the parameters get zero gradients */
@@ -791,6 +849,7 @@ int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_
     jb.in_invstd = save_invstd;
     jb.dweight = dweight;
     jb.dbias = dbias;
+    jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
     return CBN_OK;
@@ -821,10 +880,12 @@ int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_
 
 int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                   const T *running_mean, const T *running_var, const T *weight, const T *bias,
-                  double eps, int n_threads)
+                  double eps, cbn_activation activation, int n_threads)
 {
     int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
     if (rc) return rc;
+    if (activation != CBN_ACTIVATION_NONE && activation != CBN_ACTIVATION_RELU)
+        return CBN_ERR_ARGUMENT;
     if (!(eps >= 0.0)) return CBN_ERR_ARGUMENT;
     if (C > 0 && (!running_mean || !running_var)) return CBN_ERR_ARGUMENT;
     if (N * C * S == 0) return CBN_OK;
@@ -834,6 +895,7 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     jb.op = OP_INFER;
     jb.x = x;
     jb.out = y;
+    jb.relu = activation == CBN_ACTIVATION_RELU;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     memset(jb.coef[K_CENTER], 0, sizeof(T) * (size_t)C);      /* unused by inference; defined */
     memset(jb.coef[K_B], 0, sizeof(T) * (size_t)C);
@@ -843,6 +905,7 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
 }
 
 #undef CF_FOR_PIECES
+#undef GRAD
 #undef FN
 #undef CAT
 #undef CAT_
