@@ -2,20 +2,71 @@
  * cbn.h - public C99 API of the cbn batch-normalization kernels.
  *
  * No Python headers: this file and the sources in src/cbn/csrc/ build with any C99 compiler
- * (add -fopenmp for threads) and can be embedded in other frameworks.
+ * (add -fopenmp for threads) and can be embedded in other frameworks. From the repository root:
+ *
+ *   cc -O3 -std=c99 -ffp-contract=off -fopenmp -Iinclude my_app.c src/cbn/csrc/*.c -lm -o my_app
+ *
+ * (the kernel sources find their private headers next to themselves; only -Iinclude is needed).
+ * The Python build uses the same sources with -O3 -std=c99 -ffp-contract=off -fno-math-errno
+ * -fopenmp [-march=native]: with those flags and the same compiler, an embedded build returns
+ * the bits the Python package returns. Never use -ffast-math (it reorders the fixed-order sums).
+ * Without -fopenmp the library is serial and otherwise identical (cbn_openmp_enabled() == 0).
+ * An installed Python package ships this header in the directory cbn.get_include() returns, the
+ * kernel sources in cbn/csrc/, and a Cython declaration file: `from cbn.cbn cimport ...`.
+ *
+ * Example (training forward, then backward, of x in NCHW layout: N images, C channels, H*W
+ * pixels each):
+ *
+ *   #include "cbn.h"
+ *   int64_t N = 8, C = 3, S = 32 * 32;            (S = H*W; M = N*S values per channel)
+ *   float *x = ..., *y = ..., *dy = ..., *dx = ...;         (N*C*S floats each)
+ *   float gamma[3] = {1, 1, 1}, beta[3] = {0, 0, 0}, rmean[3] = {0, 0, 0}, rvar[3] = {1, 1, 1};
+ *   float mean[3], invstd[3], dgamma[3], dbeta[3];
+ *   int rc = cbn_train_forward_f32(x, y, N, C, S, CBN_CHANNELS_FIRST, gamma, beta, rmean, rvar,
+ *                                  0.1, 1e-5, 1, mean, invstd, CBN_ACTIVATION_NONE,
+ *                                  cbn_max_threads());
+ *   if (rc == CBN_OK)
+ *       rc = cbn_backward_f32(dy, x, mean, invstd, gamma, NULL, CBN_ACTIVATION_NONE, dx,
+ *                             dgamma, dbeta, N, C, S, CBN_CHANNELS_FIRST, cbn_max_threads());
+ *   if (rc != CBN_OK) fprintf(stderr, "cbn: %s\n", cbn_error_string(rc));
+ *
+ * examples/embed.c is a complete program (both element types, both layouts, inference too).
  *
  * Shapes. Every kernel sees x as one of two canonical views, given by (N, C, S, layout):
  *   CBN_CHANNELS_FIRST: x[n][c][s], n < N, c < C, s < S   (NCHW with S = H*W; (N,C) has S = 1)
  *   CBN_CHANNELS_LAST:  x[r][c],    r < N*S, c < C        (NHWC with S = H*W)
- * Arrays are C-contiguous. Per-channel arrays hold C values. Statistics run over the M = N*S
- * values of each channel and are accumulated in double whatever the element type.
+ * For channels-last only the product N*S matters. Sizes are element counts (not bytes).
  *
- * Threads. n_threads >= 1 is the most threads a call may use (fewer on small inputs). Results are
- * bit-identical for every n_threads: work is cut into chunks whose bounds depend only on the shape,
- * and chunk results are combined in a fixed order.
+ * Memory. Arrays are dense and C-contiguous in the view above (no strides: copy strided data
+ * first). Per-channel arrays hold C values. Pointers need only the natural alignment of their
+ * element type (4 bytes for float, 8 for double); no SIMD alignment is required. A pointer may
+ * be NULL where each function says so (optional arrays; the N*C*S arrays when N*C*S == 0);
+ * a required pointer that is NULL gives CBN_ERR_ARGUMENT. Input arrays are const and never written. Each call allocates
+ * its scratch (O(C) values plus a few per 4096-value chunk) with malloc and frees it before it
+ * returns; nothing is kept between calls.
  *
- * Errors. Kernels return CBN_OK or a negative code and write nothing when they fail.
- * In-place use is allowed where documented (y == x, dx == dy); other overlaps are not.
+ * Numerics. Statistics run over the M = N*S values of each channel and are accumulated in
+ * double whatever the element type; the elementwise pass runs in the element type. Outputs are
+ * stored in the element type.
+ *
+ * Threads. n_threads >= 1 is the most threads a call may use (fewer on small inputs: about one
+ * per 32768 values). Results are bit-identical for every n_threads: work is cut into chunks
+ * whose bounds depend only on the shape, and chunk results are combined in a fixed order.
+ * (A build with another compiler or other flags, e.g. another -march, may differ in the last
+ * bits: the vectorized sums' order is fixed at compile time.)
+ * Thread safety: the library has no global or static mutable state. Calls are reentrant and may
+ * run concurrently from several threads as long as no call writes an array another call reads
+ * or writes. Each call opens its own OpenMP parallel region; called from inside a parallel
+ * region it follows the OpenMP runtime's nesting settings (usually one thread per call).
+ *
+ * Errors. Kernels return CBN_OK (0) or a negative code and write nothing when they fail: every
+ * argument is checked, and scratch allocated, before the first output is written.
+ * In-place use is allowed where documented (y == x, dx == dy: the very same pointer); other
+ * overlaps between arrays (partial overlap, an output aliasing a per-channel array) are not.
+ *
+ * Empty sizes. C == 0 is a no-op that returns CBN_OK (training still requires N*S >= 2, see
+ * cbn_train_forward_*). N == 0 or S == 0 (M == 0): training fails with
+ * CBN_ERR_TOO_FEW_VALUES, backward writes zero dweight/dbias, inference writes nothing.
  */
 #ifndef CBN_H
 #define CBN_H
@@ -26,39 +77,57 @@
 extern "C" {
 #endif
 
+/* Where the channel axis is; see Shapes above. */
 typedef enum { CBN_CHANNELS_FIRST = 0, CBN_CHANNELS_LAST = 1 } cbn_layout;
 
 /* Activation fused into the normalize pass (and its gradient into backward). */
 typedef enum { CBN_ACTIVATION_NONE = 0, CBN_ACTIVATION_RELU = 1 } cbn_activation;
 
+/* Status codes returned by every kernel (int). */
 enum {
     CBN_OK = 0,
-    CBN_ERR_ARGUMENT = -1,     /* negative size, NULL required pointer, bad layout/eps/momentum */
+    CBN_ERR_ARGUMENT = -1,     /* negative size, NULL required pointer, bad layout/eps/momentum,
+                                  unknown activation, n_threads < 1 */
     CBN_ERR_TOO_FEW_VALUES = -2, /* training with M <= 1 values per channel */
     CBN_ERR_NO_MEMORY = -3     /* a scratch allocation failed */
 };
 
-/* Short English text for an error code (static storage). */
+/* Short English text for an error code (static storage, never NULL; "unknown error" for a code
+ * not listed above). */
 const char *cbn_error_string(int code);
 
-/* 1 when the library was built with OpenMP, else 0. */
+/* 1 when the library was built with OpenMP, else 0 (then every call runs on one thread). */
 int cbn_openmp_enabled(void);
 
 /* omp_get_max_threads() of the calling thread (honours OMP_NUM_THREADS, omp_set_num_threads and
- * threadpoolctl); 1 without OpenMP. */
+ * threadpoolctl); 1 without OpenMP. A good n_threads for the kernels. */
 int cbn_max_threads(void);
 
 /*
- * Training forward.
- *   IN  x                 N*C*S values in `layout`
- *   OUT y                 same shape; y == x (in place) is allowed
- *   IN  weight, bias      C values or NULL (NULL weight = 1, NULL bias = 0)
+ * Training forward: normalize x with its own batch statistics.
+ *   IN  x                 N*C*S values in `layout` (NULL allowed only when N*C*S == 0)
+ *   OUT y                 same shape; y == x (in place) is allowed (NULL only when N*C*S == 0)
+ *   IN  N, C, S, layout   the canonical view (see Shapes); sizes >= 0, M = N*S >= 2
+ *   IN  weight, bias      C values or NULL (NULL weight = 1, NULL bias = 0), independently
  *   IN/OUT running_mean, running_var  C values or both NULL; updated in place:
  *        running_mean = (1-momentum)*running_mean + momentum*mean
  *        running_var  = (1-momentum)*running_var  + momentum*var*(M/(M-1) if unbiased_running_var)
- *   OUT save_mean, save_invstd  C values: batch mean and 1/sqrt(biased var + eps); may be NULL
+ *   IN  momentum          in [0, 1], the weight of the new batch (PyTorch's convention; Keras and
+ *                         ONNX weigh the old value: pass 1 - theirs); checked even when the
+ *                         running statistics are NULL
+ *   IN  eps               >= 0, added to the biased variance
+ *   IN  unbiased_running_var  nonzero: running_var gets the unbiased var*M/(M-1) (PyTorch);
+ *                         0: the biased var (Keras/ONNX)
+ *   OUT save_mean, save_invstd  C values: batch mean and 1/sqrt(biased var + eps); each may be
+ *                         NULL; they are what cbn_backward_* takes
  *   IN  activation        CBN_ACTIVATION_RELU: y = max(y, 0) in the same pass (NaN stays NaN)
- * y = (x - mean) * invstd * weight + bias. Requires M = N*S >= 2, eps >= 0, 0 <= momentum <= 1.
+ *   IN  n_threads         >= 1, the most threads to use
+ * y = (x - mean) * invstd * weight + bias, var = sum((x - mean)^2) / M (biased).
+ * Requires M = N*S >= 2, eps >= 0, 0 <= momentum <= 1.
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
+ * eps < 0 or NaN, momentum outside [0, 1] or NaN, NULL x or y while N*C*S > 0, only one of the
+ * running statistics NULL); CBN_ERR_TOO_FEW_VALUES when M <= 1 (also when C == 0);
+ * CBN_ERR_NO_MEMORY. With C == 0 (and M >= 2) nothing is read or written.
  */
 int cbn_train_forward_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
                           cbn_layout layout, const float *weight, const float *bias,
@@ -73,13 +142,23 @@ int cbn_train_forward_f64(const double *x, double *y, int64_t N, int64_t C, int6
 
 /*
  * Backward of training forward, given the save_mean/save_invstd it returned.
- *   IN  dy, x             N*C*S values in `layout`
- *   IN  save_mean, save_invstd, weight (C values; weight may be NULL = 1)
- *   IN  y, activation     CBN_ACTIVATION_RELU: y is the forward output (after the ReLU) and the
- *                         gradient is taken as dy where y > 0, else 0; y is NULL otherwise
- *   OUT dx                same shape; dx == dy (in place) is allowed
- *   OUT dweight, dbias    C values or NULL: sum(dy * xhat), sum(dy) per channel
- * dx = weight*invstd * (dy - dbias/M - xhat*dweight/M), xhat = (x - mean)*invstd.
+ *   IN  dy                N*C*S values in `layout`: the loss's gradient with respect to y
+ *                         (non-NULL when C > 0)
+ *   IN  x                 the forward's input, N*C*S values (NULL only when N*C*S == 0)
+ *   IN  save_mean, save_invstd  C values from cbn_train_forward_* (non-NULL when C > 0)
+ *   IN  weight            C values or NULL (= 1): the forward's weight (bias does not enter)
+ *   IN  y, activation     CBN_ACTIVATION_RELU: y is the forward output (after the ReLU), N*C*S
+ *                         values, and the gradient is taken as dy where y > 0, else 0;
+ *                         CBN_ACTIVATION_NONE: y is not read (pass NULL)
+ *   OUT dx                same shape; dx == dy (in place) is allowed (NULL only when
+ *                         N*C*S == 0)
+ *   OUT dweight, dbias    C values or NULL (each): sum(dy * xhat), sum(dy) per channel
+ *   IN  N, C, S, layout, n_threads  as for the forward
+ * dx = weight*invstd * (dy - dbias/M - xhat*dweight/M), xhat = (x - mean)*invstd, with dy
+ * masked as above under CBN_ACTIVATION_RELU.
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
+ * a NULL required pointer); CBN_ERR_NO_MEMORY. C == 0: nothing is read or written. M == 0:
+ * dweight and dbias are set to 0 (dx is empty).
  */
 int cbn_backward_f32(const float *dy, const float *x, const float *save_mean,
                      const float *save_invstd, const float *weight, const float *y,
@@ -91,10 +170,18 @@ int cbn_backward_f64(const double *dy, const double *x, const double *save_mean,
                      int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
 
 /*
- * Frozen inference: y = x*scale + shift per channel, scale and shift from cbn_fold_scale_shift.
- *   IN  x, running_mean, running_var (C values), weight, bias (C values or NULL)
+ * Frozen inference: y = x*scale + shift per channel, scale and shift from cbn_fold_scale_shift
+ * (computed once per call, in double, then rounded to the element type; the multiply-add runs in
+ * the element type, so y equals x*scale + shift evaluated in that type with those values).
+ *   IN  x                 N*C*S values in `layout` (NULL only when N*C*S == 0)
+ *   IN  running_mean, running_var  C values (non-NULL when C > 0), only read
+ *   IN  weight, bias      C values or NULL (NULL weight = 1, NULL bias = 0)
+ *   IN  eps               >= 0
  *   IN  activation        CBN_ACTIVATION_RELU: y = max(y, 0) in the same pass
  *   OUT y                 same shape as x; y == x (in place) is allowed
+ *   IN  N, C, S, layout, n_threads  as for the forward; any M (M == 1 is fine)
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
+ * eps < 0 or NaN, a NULL required pointer); CBN_ERR_NO_MEMORY. N*C*S == 0: nothing is written.
  */
 int cbn_infer_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                   const float *running_mean, const float *running_var, const float *weight,
@@ -107,8 +194,12 @@ int cbn_infer_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
 /*
  * Fold running statistics and affine parameters into one multiply-add, in double:
  *   scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale
- *   IN  running_mean, running_var (C values), weight, bias (C values or NULL)
- *   OUT scale, shift (C values)
+ *   IN  C                 >= 0
+ *   IN  running_mean, running_var (C values), weight, bias (C values or NULL = 1 and 0)
+ *   IN  eps               >= 0
+ *   OUT scale, shift (C values; must not overlap the inputs)
+ * Single-threaded, allocates nothing. Returns CBN_OK; CBN_ERR_ARGUMENT (C < 0, eps < 0 or NaN,
+ * NULL running_mean, running_var, scale or shift while C > 0).
  */
 int cbn_fold_scale_shift_f32(int64_t C, const float *running_mean, const float *running_var,
                              const float *weight, const float *bias, double eps, float *scale,
@@ -116,6 +207,61 @@ int cbn_fold_scale_shift_f32(int64_t C, const float *running_mean, const float *
 int cbn_fold_scale_shift_f64(int64_t C, const double *running_mean, const double *running_var,
                              const double *weight, const double *bias, double eps, double *scale,
                              double *shift);
+
+/*
+ * Split kernels: the phases of training forward and backward, for data-parallel training where
+ * several processes each hold part of the batch (cbn.distributed does this over MPI).
+ *
+ *   1. cbn_batch_stats on each process: per-channel mean and M2 = sum((x - mean)^2) of its
+ *      N*S values (0 and 0 when it has none), in double.
+ *   2. cbn_combine_stats on the gathered (count, mean, M2) of every process, in rank order:
+ *      exact for uneven batch sizes (Chan et al.'s pairwise formula).
+ *   3. cbn_normalize with the global mean and invstd = 1/sqrt(M2/count + eps).
+ * Backward:
+ *   1. cbn_backward_reduce: per-channel sum(g) and sum(g*(x - mean)), g = dy (or dy masked by
+ *      y > 0 with a fused ReLU), in double; the caller all-reduces both (a sum).
+ *   2. cbn_backward_dx with the global sums and the global count.
+ * dweight = sum(g*(x - mean)) * invstd and dbias = sum(g), from the global sums.
+ */
+int cbn_batch_stats_f32(const float *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                        double *mean, double *m2, int n_threads);
+int cbn_batch_stats_f64(const double *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                        double *mean, double *m2, int n_threads);
+
+/* IN count (P), mean and m2 (P*C, row p = process p); OUT count_out (may be NULL), mean_out and
+ * m2_out (C). */
+int cbn_combine_stats(int64_t P, int64_t C, const double *count, const double *mean,
+                      const double *m2, double *count_out, double *mean_out, double *m2_out);
+
+/* y = (x - mean)*invstd*weight + bias (then the activation); mean, invstd: C doubles. */
+int cbn_normalize_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
+                      cbn_layout layout, const double *mean, const double *invstd,
+                      const float *weight, const float *bias, cbn_activation activation,
+                      int n_threads);
+int cbn_normalize_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
+                      cbn_layout layout, const double *mean, const double *invstd,
+                      const double *weight, const double *bias, cbn_activation activation,
+                      int n_threads);
+
+/* OUT sum_dy, sum_dy_xmu (C doubles); mean: the save_mean of the forward (C values). */
+int cbn_backward_reduce_f32(const float *dy, const float *x, const float *mean, const float *y,
+                            cbn_activation activation, int64_t N, int64_t C, int64_t S,
+                            cbn_layout layout, double *sum_dy, double *sum_dy_xmu, int n_threads);
+int cbn_backward_reduce_f64(const double *dy, const double *x, const double *mean,
+                            const double *y, cbn_activation activation, int64_t N, int64_t C,
+                            int64_t S, cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
+                            int n_threads);
+
+/* dx from the global sums over `count` values per channel (count > 0). */
+int cbn_backward_dx_f32(const float *dy, const float *x, const float *mean, const float *invstd,
+                        const float *weight, const float *y, cbn_activation activation,
+                        const double *sum_dy, const double *sum_dy_xmu, double count, float *dx,
+                        int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
+int cbn_backward_dx_f64(const double *dy, const double *x, const double *mean,
+                        const double *invstd, const double *weight, const double *y,
+                        cbn_activation activation, const double *sum_dy,
+                        const double *sum_dy_xmu, double count, double *dx, int64_t N, int64_t C,
+                        int64_t S, cbn_layout layout, int n_threads);
 
 #ifdef __cplusplus
 }

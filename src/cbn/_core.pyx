@@ -52,6 +52,39 @@ cdef extern from "cbn.h" nogil:
     int cbn_fold_scale_shift_f64(int64_t C, const double *running_mean,
                                  const double *running_var, const double *weight,
                                  const double *bias, double eps, double *scale, double *shift)
+    int cbn_batch_stats_f32(const float *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                            double *mean, double *m2, int n_threads)
+    int cbn_batch_stats_f64(const double *x, int64_t N, int64_t C, int64_t S,
+                            cbn_layout layout, double *mean, double *m2, int n_threads)
+    int cbn_combine_stats(int64_t P, int64_t C, const double *count, const double *mean,
+                          const double *m2, double *count_out, double *mean_out,
+                          double *m2_out)
+    int cbn_normalize_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
+                          cbn_layout layout, const double *mean, const double *invstd,
+                          const float *weight, const float *bias, cbn_activation activation,
+                          int n_threads)
+    int cbn_normalize_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
+                          cbn_layout layout, const double *mean, const double *invstd,
+                          const double *weight, const double *bias, cbn_activation activation,
+                          int n_threads)
+    int cbn_backward_reduce_f32(const float *dy, const float *x, const float *mean,
+                                const float *y, cbn_activation activation, int64_t N,
+                                int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
+                                double *sum_dy_xmu, int n_threads)
+    int cbn_backward_reduce_f64(const double *dy, const double *x, const double *mean,
+                                const double *y, cbn_activation activation, int64_t N,
+                                int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
+                                double *sum_dy_xmu, int n_threads)
+    int cbn_backward_dx_f32(const float *dy, const float *x, const float *mean,
+                            const float *invstd, const float *weight, const float *y,
+                            cbn_activation activation, const double *sum_dy,
+                            const double *sum_dy_xmu, double count, float *dx, int64_t N,
+                            int64_t C, int64_t S, cbn_layout layout, int n_threads)
+    int cbn_backward_dx_f64(const double *dy, const double *x, const double *mean,
+                            const double *invstd, const double *weight, const double *y,
+                            cbn_activation activation, const double *sum_dy,
+                            const double *sum_dy_xmu, double count, double *dx, int64_t N,
+                            int64_t C, int64_t S, cbn_layout layout, int n_threads)
 
 cdef extern from "copy_yardstick.h" nogil:
     void cbn_yardstick_copy(void *dst, const void *src, int64_t nbytes, int n_threads)
@@ -183,3 +216,100 @@ def yardstick_copy(dst, src, int n_threads):
     cdef int64_t nbytes = (<cnp.ndarray>src).nbytes
     with nogil:
         cbn_yardstick_copy(pd, ps, nbytes, n_threads)
+
+
+# ---- split kernels (cbn.split) ------------------------------------------------------------------
+
+def batch_stats(x, int64_t N, int64_t C, int64_t S, bint channels_last, mean, m2, int n_threads):
+    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef void *px = _ptr(x)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *pq = <double *>_ptr(m2)
+    cdef int rc
+    if _is_f32(x):
+        with nogil:
+            rc = cbn_batch_stats_f32(<float *>px, N, C, S, layout, pm, pq, n_threads)
+    else:
+        with nogil:
+            rc = cbn_batch_stats_f64(<double *>px, N, C, S, layout, pm, pq, n_threads)
+    return rc
+
+
+def combine_stats(int64_t P, int64_t C, count, mean, m2, mean_out, m2_out):
+    """Returns (status, total count)."""
+    cdef double total = 0.0
+    cdef int rc = cbn_combine_stats(P, C, <double *>_ptr(count), <double *>_ptr(mean),
+                                    <double *>_ptr(m2), &total, <double *>_ptr(mean_out),
+                                    <double *>_ptr(m2_out))
+    return rc, total
+
+
+def normalize(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, mean, invstd, weight,
+              bias, bint relu, int n_threads):
+    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef cbn_activation act = CBN_ACTIVATION_RELU if relu else CBN_ACTIVATION_NONE
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *pi = <double *>_ptr(invstd)
+    cdef void *pw = _ptr(weight)
+    cdef void *pb = _ptr(bias)
+    cdef int rc
+    if _is_f32(x):
+        with nogil:
+            rc = cbn_normalize_f32(<float *>px, <float *>py, N, C, S, layout, pm, pi,
+                                   <float *>pw, <float *>pb, act, n_threads)
+    else:
+        with nogil:
+            rc = cbn_normalize_f64(<double *>px, <double *>py, N, C, S, layout, pm, pi,
+                                   <double *>pw, <double *>pb, act, n_threads)
+    return rc
+
+
+def backward_reduce(dy, x, mean, y, int64_t N, int64_t C, int64_t S, bint channels_last,
+                    sum_dy, sum_dy_xmu, int n_threads):
+    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef cbn_activation act = CBN_ACTIVATION_NONE if y is None else CBN_ACTIVATION_RELU
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *pm = _ptr(mean)
+    cdef void *py = _ptr(y)
+    cdef double *ps = <double *>_ptr(sum_dy)
+    cdef double *pq = <double *>_ptr(sum_dy_xmu)
+    cdef int rc
+    if _is_f32(x):
+        with nogil:
+            rc = cbn_backward_reduce_f32(<float *>pdy, <float *>px, <float *>pm, <float *>py,
+                                         act, N, C, S, layout, ps, pq, n_threads)
+    else:
+        with nogil:
+            rc = cbn_backward_reduce_f64(<double *>pdy, <double *>px, <double *>pm,
+                                         <double *>py, act, N, C, S, layout, ps, pq, n_threads)
+    return rc
+
+
+def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, double count, dx,
+                int64_t N, int64_t C, int64_t S, bint channels_last, int n_threads):
+    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef cbn_activation act = CBN_ACTIVATION_NONE if y is None else CBN_ACTIVATION_RELU
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef void *pw = _ptr(weight)
+    cdef void *py = _ptr(y)
+    cdef double *ps = <double *>_ptr(sum_dy)
+    cdef double *pq = <double *>_ptr(sum_dy_xmu)
+    cdef void *pdx = _ptr(dx)
+    cdef int rc
+    if _is_f32(x):
+        with nogil:
+            rc = cbn_backward_dx_f32(<float *>pdy, <float *>px, <float *>pm, <float *>pi,
+                                     <float *>pw, <float *>py, act, ps, pq, count,
+                                     <float *>pdx, N, C, S, layout, n_threads)
+    else:
+        with nogil:
+            rc = cbn_backward_dx_f64(<double *>pdy, <double *>px, <double *>pm, <double *>pi,
+                                     <double *>pw, <double *>py, act, ps, pq, count,
+                                     <double *>pdx, N, C, S, layout, n_threads)
+    return rc

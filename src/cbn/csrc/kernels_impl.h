@@ -59,6 +59,11 @@ typedef struct {
     T *dweight, *dbias;
     const T *y;                   /* backward through a fused ReLU: its output, else NULL */
     int relu;                     /* forward: clamp the output at 0 (fused ReLU) */
+    /* split kernels (data-parallel training): reduce only, writing per-channel double sums
+     * (train: mean, M2; backward: sum dy, sum dy*(x - mean)), or apply only from coefficients
+     * the caller filled in */
+    int reduce_only, apply_only;
+    double *stat_a, *stat_b;
     /* scratch */
     double *partials;             /* 2 per chunk (channels-first) or per row block x channel */
     double *pivot;                /* C: training's shift of each channel */
@@ -149,6 +154,30 @@ static void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T 
 
 /* ---- finalize: a channel's summed partials -> coefficients and per-channel outputs --------- */
 
+/* Coefficients of y = (x - mean)*invstd*weight + bias for channel c. */
+static void FN(train_coefs)(const FN(job) *jb, int64_t c, double mean, double invstd, T *kc)
+{
+    const double scale = (jb->weight ? (double)jb->weight[c] : 1.0) * invstd;
+    kc[K_CENTER] = (T)mean;
+    kc[K_SCALE] = (T)scale;
+    kc[K_SHIFT] = (T)((jb->bias ? (double)jb->bias[c] : 0.0) -
+                      (mean - (double)kc[K_CENTER]) * scale);
+    kc[K_B] = 0;
+}
+
+/* Coefficients of dx for channel c from the sums over all M values of the channel. */
+static void FN(backward_coefs)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
+                               double M, T *kc)
+{
+    const double w = jb->weight ? (double)jb->weight[c] : 1.0;
+    const double invstd = (double)jb->in_invstd[c];
+    const double a = w * invstd;
+    kc[K_CENTER] = jb->in_mean[c];
+    kc[K_SCALE] = (T)a;
+    kc[K_SHIFT] = (T)(-a * sum_dy / M);
+    kc[K_B] = (T)(-a * invstd * invstd * sum_dy_xmu / M);
+}
+
 /* Training. s = sum(x - pivot), q = sum((x - pivot)^2) over the channel's M values. Returns 1
  * (and writes nothing) when too much cancelled and the channel must be summed again around
  * `*mean_out`; `accept` forces a result (used for that second sum). */
@@ -163,13 +192,12 @@ static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double
     if (m2 < 0.0) m2 = 0.0;
     const double var = m2 / M;
     const double invstd = 1.0 / sqrt(var + jb->eps);
-    const double scale = (jb->weight ? (double)jb->weight[c] : 1.0) * invstd;
-    kc[K_CENTER] = (T)mean;
-    kc[K_SCALE] = (T)scale;
-    kc[K_SHIFT] = (T)((jb->bias ? (double)jb->bias[c] : 0.0) -
-                      (mean - (double)kc[K_CENTER]) * scale);
-    kc[K_B] = 0;
+    FN(train_coefs)(jb, c, mean, invstd, kc);
     if (!write_outputs) return 0;
+    if (jb->stat_a) {
+        jb->stat_a[c] = mean;
+        jb->stat_b[c] = m2;
+    }
     if (jb->save_mean) jb->save_mean[c] = (T)mean;
     if (jb->save_invstd) jb->save_invstd[c] = (T)invstd;
     if (jb->running_mean) {
@@ -185,15 +213,17 @@ static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double
 static void FN(finalize_backward)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
                                   int write_outputs, T *kc)
 {
-    const double M = (double)jb->plan.M;
-    const double w = jb->weight ? (double)jb->weight[c] : 1.0;
-    const double invstd = (double)jb->in_invstd[c];
-    const double a = w * invstd;
-    kc[K_CENTER] = jb->in_mean[c];
-    kc[K_SCALE] = (T)a;
-    kc[K_SHIFT] = (T)(-a * sum_dy / M);
-    kc[K_B] = (T)(-a * invstd * invstd * sum_dy_xmu / M);
+    if (jb->reduce_only) {          /* the caller combines the sums across processes */
+        for (int i = 0; i < N_COEF; i++) kc[i] = 0;
+        if (write_outputs) {
+            jb->stat_a[c] = sum_dy;
+            jb->stat_b[c] = sum_dy_xmu;
+        }
+        return;
+    }
+    FN(backward_coefs)(jb, c, sum_dy, sum_dy_xmu, (double)jb->plan.M, kc);
     if (!write_outputs) return;
+    const double invstd = (double)jb->in_invstd[c];
     if (jb->dweight) jb->dweight[c] = (T)(sum_dy_xmu * invstd);
     if (jb->dbias) jb->dbias[c] = (T)sum_dy;
 }
@@ -395,7 +425,8 @@ static void FN(cf_run_job)(const FN(job) *jb)
                 FN(cf_finalize)(jb, c, part, 1, kc);
                 for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
             }
-            for (int64_t n = 0; n < p->N; n++) FN(cf_apply_runs)(jb, n * C + g0, n * C + g1);
+            if (!jb->reduce_only)
+                for (int64_t n = 0; n < p->N; n++) FN(cf_apply_runs)(jb, n * C + g0, n * C + g1);
         }
         for (int64_t u = own1 * K > u0 ? own1 * K : u0; u < u1; u++)
             FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
@@ -409,7 +440,7 @@ static void FN(cf_run_job)(const FN(job) *jb)
                 cur = c;
                 FN(cf_finalize)(jb, c, part, (c + 1) * K - 1 < u1, kc);
             }
-            FN(cf_apply_chunk)(jb, c, k, kc);
+            if (!jb->reduce_only) FN(cf_apply_chunk)(jb, c, k, kc);
         }
         cbn_stream_fence();
         }
@@ -656,7 +687,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
         for (int i = 0; i < N_COEF; i++)
             for (int64_t j = j0; j < j0 + S; j++) coef[i][j] = kc[i];
     }
-    FN(apply_rows)(jb, coef, g0 * S, p->N, stride, w, buf);
+    if (!jb->reduce_only) FN(apply_rows)(jb, coef, g0 * S, p->N, stride, w, buf);
 }
 
 /* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
@@ -673,7 +704,7 @@ static void FN(cl_run_job)(FN(job) *jb)
         const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
         const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
         const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
-        if (jb->op != OP_INFER) {
+        if (!jb->apply_only) {
             for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
 #pragma omp barrier
             FN(cl_fold)(jb, c0, c1);
@@ -681,8 +712,10 @@ static void FN(cl_run_job)(FN(job) *jb)
             for (int64_t c = c0; c < c1; c++) {
                 T kc[N_COEF];
                 double mean;
-                if (jb->op == OP_BACKWARD)
+                if (jb->op == OP_BACKWARD) {
                     FN(finalize_backward)(jb, c, jb->sums[c], jb->sums[C + c], 1, kc);
+                    if (jb->reduce_only) continue;
+                }
                 else if ((jb->again[c] = (unsigned char)FN(finalize_train)(
                               jb, c, jb->pivot[c], jb->sums[c], jb->sums[C + c], 0, 1, kc,
                               &mean))) {
@@ -715,7 +748,8 @@ static void FN(cl_run_job)(FN(job) *jb)
 #pragma omp barrier
             }
         }
-        for (int64_t u = u1; u-- > u0;) FN(cl_apply_unit)(jb, u);
+        if (!jb->reduce_only)
+            for (int64_t u = u1; u-- > u0;) FN(cl_apply_unit)(jb, u);
         cbn_stream_fence();
     }
 }
@@ -739,11 +773,11 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     cbn_plan *p = &jb->plan;
     cbn_make_plan(p, N, C, S, layout, n_threads);
     jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
-    const int64_t n_part = jb->op == OP_INFER ? 0
+    const int64_t n_part = jb->apply_only ? 0
                            : p->channels_last ? 2 * p->n_row_blocks * C
                                               : 2 * p->n_units;
     const int64_t n_double = n_part + 3 * C;
-    const size_t column_bytes = p->columns && jb->op != OP_INFER
+    const size_t column_bytes = p->columns && !jb->apply_only
                                     ? FN(column_scratch_bytes)() * (size_t)p->n_threads
                                     : 0;
     const size_t main_bytes = sizeof(double) * (size_t)n_double +
@@ -752,7 +786,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     if (!buf) return CBN_ERR_NO_MEMORY;
     jb->column_scratch = buf + (main_bytes + 63) / 64 * 64;
     jb->partials = (double *)buf;
-    jb->pivot = jb->op == OP_TRAIN ? jb->partials + n_part : NULL;
+    jb->pivot = jb->op == OP_TRAIN && !jb->apply_only ? jb->partials + n_part : NULL;
     jb->sums = jb->partials + n_part + C;
     T *coef = (T *)(buf + sizeof(double) * (size_t)n_double);
     for (int i = 0; i < N_COEF; i++) jb->coef[i] = coef + i * C;
@@ -770,7 +804,7 @@ static void FN(run_job)(FN(job) *jb)
 {
     if (jb->plan.channels_last) {
         FN(cl_run_job)(jb);
-    } else if (jb->op != OP_INFER) {
+    } else if (!jb->apply_only) {
         FN(cf_run_job)(jb);
     } else {            /* one pass in storage order, runs split evenly over threads */
         const int64_t R = jb->plan.N * jb->plan.C;
@@ -893,6 +927,7 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     FN(job) jb;
     memset(&jb, 0, sizeof jb);
     jb.op = OP_INFER;
+    jb.apply_only = 1;
     jb.x = x;
     jb.out = y;
     jb.relu = activation == CBN_ACTIVATION_RELU;
@@ -900,6 +935,125 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     memset(jb.coef[K_CENTER], 0, sizeof(T) * (size_t)C);      /* unused by inference; defined */
     memset(jb.coef[K_B], 0, sizeof(T) * (size_t)C);
     FN(fold)(C, running_mean, running_var, weight, bias, eps, jb.coef[K_SCALE], jb.coef[K_SHIFT]);
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+/* ---- split kernels: the phases of training forward and backward, for data-parallel training
+ * where the sums of several processes are combined between the phases ------------------------ */
+
+int FN(cbn_batch_stats)(const T *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                        double *mean, double *m2, int n_threads)
+{
+    int rc = FN(check_shape)(x, x, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (C > 0 && (!mean || !m2)) return CBN_ERR_ARGUMENT;
+    if (C == 0) return CBN_OK;
+    if (N * S == 0) {             /* no values here: the neutral element of the combination */
+        memset(mean, 0, sizeof(double) * (size_t)C);
+        memset(m2, 0, sizeof(double) * (size_t)C);
+        return CBN_OK;
+    }
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_TRAIN;
+    jb.reduce_only = 1;
+    jb.x = x;
+    jb.stat_a = mean;
+    jb.stat_b = m2;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                      const double *mean, const double *invstd, const T *weight, const T *bias,
+                      cbn_activation activation, int n_threads)
+{
+    int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (activation != CBN_ACTIVATION_NONE && activation != CBN_ACTIVATION_RELU)
+        return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!mean || !invstd)) return CBN_ERR_ARGUMENT;
+    if (N * C * S == 0) return CBN_OK;
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_TRAIN;
+    jb.apply_only = 1;
+    jb.x = x;
+    jb.out = y;
+    jb.weight = weight;
+    jb.bias = bias;
+    jb.relu = activation == CBN_ACTIVATION_RELU;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    for (int64_t c = 0; c < C; c++) {
+        T kc[N_COEF];
+        FN(train_coefs)(&jb, c, mean[c], invstd[c], kc);
+        for (int i = 0; i < N_COEF; i++) jb.coef[i][c] = kc[i];
+    }
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
+                            cbn_activation activation, int64_t N, int64_t C, int64_t S,
+                            cbn_layout layout, double *sum_dy, double *sum_dy_xmu, int n_threads)
+{
+    int rc = FN(check_shape)(x, dy, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (activation == CBN_ACTIVATION_RELU ? (N * C * S > 0 && !y) : activation != CBN_ACTIVATION_NONE)
+        return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!mean || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
+    if (C == 0) return CBN_OK;
+    if (N * S == 0) {
+        memset(sum_dy, 0, sizeof(double) * (size_t)C);
+        memset(sum_dy_xmu, 0, sizeof(double) * (size_t)C);
+        return CBN_OK;
+    }
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_BACKWARD;
+    jb.reduce_only = 1;
+    jb.x = x;
+    jb.dy = dy;
+    jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
+    jb.in_mean = mean;
+    jb.stat_a = sum_dy;
+    jb.stat_b = sum_dy_xmu;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd, const T *weight,
+                        const T *y, cbn_activation activation, const double *sum_dy,
+                        const double *sum_dy_xmu, double count, T *dx, int64_t N, int64_t C,
+                        int64_t S, cbn_layout layout, int n_threads)
+{
+    int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (activation == CBN_ACTIVATION_RELU ? (N * C * S > 0 && !y) : activation != CBN_ACTIVATION_NONE)
+        return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!dy || !mean || !invstd || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
+    if (!(count > 0.0)) return CBN_ERR_ARGUMENT;
+    if (N * C * S == 0) return CBN_OK;
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_BACKWARD;
+    jb.apply_only = 1;
+    jb.x = x;
+    jb.dy = dy;
+    jb.out = dx;
+    jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
+    jb.weight = weight;
+    jb.in_mean = mean;
+    jb.in_invstd = invstd;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    for (int64_t c = 0; c < C; c++) {
+        T kc[N_COEF];
+        FN(backward_coefs)(&jb, c, sum_dy[c], sum_dy_xmu[c], count, kc);
+        for (int i = 0; i < N_COEF; i++) jb.coef[i][c] = kc[i];
+    }
     FN(run_job)(&jb);
     return CBN_OK;
 }

@@ -1,0 +1,182 @@
+"""The phases of training forward and backward as separate calls, for data-parallel training.
+
+When several processes each hold part of a batch, batch statistics must be combined between the
+phases (cbn.distributed does this over MPI). Each function here is one C kernel::
+
+    # forward, on every process
+    count, mean, m2 = batch_stats(x)                       # this process's part, float64
+    count, mean, m2 = combine_stats(all_counts, all_means, all_m2s)   # every process's parts
+    invstd = 1 / np.sqrt(m2 / count + eps)
+    y = batch_norm_normalize(x, mean, invstd, weight, bias)
+    # backward
+    sum_dy, sum_dy_xmu = batch_norm_backward_reduce(dy, x, save_mean)   # all-reduce both (sum)
+    dx = batch_norm_backward_dx(dy, x, save_mean, save_invstd, sum_dy, sum_dy_xmu, count, weight)
+    dweight, dbias = sum_dy_xmu * save_invstd, sum_dy
+
+On one process these give the results of `batch_norm_train` / `batch_norm_backward`
+(to rounding: the single-process kernels fuse the phases and sum in another order).
+"""
+import numpy as np
+
+from . import _core
+from . import _validate as v
+from ._threads import _resolve
+
+_F64 = np.dtype(np.float64)
+
+
+def _stats_array(a, name, C):
+    """A per-channel float64 statistic (read-only), shape (C,)."""
+    return v.channel_param(a, name, C, _F64)
+
+
+def batch_stats(x, *, layout="NCHW", n_threads=None):
+    """Per-channel count, mean and M2 (sum of squared deviations) of x, in float64.
+
+    Returns
+    -------
+    count : int
+        Values per channel (N * spatial size); may be 0 (then mean and m2 are 0).
+    mean, m2 : ndarray of float64, shape (C,)
+    """
+    x = v.float_array(x, "x")
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    n_threads = _resolve(n_threads)
+    x = v.contiguous_input(x)
+    mean = np.empty(C, _F64)
+    m2 = np.empty(C, _F64)
+    v.check_status(_core.batch_stats(x, N, C, S, cl, mean, m2, n_threads))
+    return N * S, mean, m2
+
+
+def combine_stats(counts, means, m2s):
+    """Combine per-part (count, mean, M2) into those of all parts together, exactly.
+
+    Chan et al.'s pairwise update, parts merged in the order given, so every process that
+    combines the same gathered parts gets the same bits.
+
+    Parameters
+    ----------
+    counts : array_like, shape (P,)
+    means, m2s : array_like, shape (P, C)
+
+    Returns
+    -------
+    count : float
+    mean, m2 : ndarray of float64, shape (C,)
+    """
+    counts = np.ascontiguousarray(counts, dtype=_F64)
+    means = np.ascontiguousarray(means, dtype=_F64)
+    m2s = np.ascontiguousarray(m2s, dtype=_F64)
+    if counts.ndim != 1:
+        raise ValueError(f"counts must be 1-D (P,), got shape {counts.shape}")
+    P = counts.shape[0]
+    if means.ndim != 2 or means.shape[0] != P:
+        raise ValueError(f"means must have shape ({P}, C), got {means.shape}")
+    if m2s.shape != means.shape:
+        raise ValueError(f"m2s must have the shape of means {means.shape}, got {m2s.shape}")
+    if (counts < 0).any():
+        raise ValueError("counts must be >= 0")
+    C = means.shape[1]
+    mean = np.empty(C, _F64)
+    m2 = np.empty(C, _F64)
+    rc, total = _core.combine_stats(P, C, counts, means, m2s, mean, m2)
+    v.check_status(rc)
+    return total, mean, m2
+
+
+def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCHW",
+                         activation=None, out=None, n_threads=None):
+    """``y = (x - mean) * invstd * weight + bias`` per channel, given the statistics.
+
+    mean and invstd are float64 (C,) (e.g. from `combine_stats`); weight and bias are cast to
+    x's dtype. ``activation="relu"`` clamps at 0 in the same pass; ``out=x`` works in place.
+    """
+    x = v.float_array(x, "x")
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    mean = _stats_array(mean, "mean", C)
+    invstd = _stats_array(invstd, "invstd", C)
+    weight = v.channel_param(weight, "weight", C, x.dtype)
+    bias = v.channel_param(bias, "bias", C, x.dtype)
+    relu = v.relu(activation)
+    y = v.output(out, x.shape, x.dtype)
+    n_threads = _resolve(n_threads)
+    x = v.contiguous_input(x, y)
+    v.check_status(_core.normalize(x, y, N, C, S, cl, mean, invstd, weight, bias, relu,
+                                   n_threads))
+    return y
+
+
+def _relu_output(y, activation, x):
+    """The forward output a fused ReLU's gradient needs, or None without an activation."""
+    if not v.relu(activation):
+        return None
+    if y is None:
+        raise ValueError("activation='relu' needs y, the output of the forward pass")
+    y = v.float_array(y, "y")
+    v.same_dtype(y, "y", x, "x")
+    v.same_shape(y, "y", x, "x")
+    return v.contiguous_input(y)
+
+
+def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="NCHW",
+                               n_threads=None):
+    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` in float64 (dy masked by ``y > 0``
+    with ``activation="relu"``): the sums to all-reduce in a data-parallel backward.
+
+    mean is the forward's save_mean (cast to x's dtype).
+    """
+    x = v.float_array(x, "x")
+    dy = v.float_array(dy, "dy")
+    v.same_dtype(dy, "dy", x, "x")
+    v.same_shape(dy, "dy", x, "x")
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    mean = v.channel_param(mean, "mean", C, x.dtype)
+    if mean is None:
+        raise ValueError("mean (the forward's save_mean) is required")
+    y = _relu_output(y, activation, x)
+    n_threads = _resolve(n_threads)
+    x, dy = v.contiguous_input(x), v.contiguous_input(dy)
+    sum_dy = np.empty(C, _F64)
+    sum_dy_xmu = np.empty(C, _F64)
+    v.check_status(_core.backward_reduce(dy, x, mean, y, N, C, S, cl, sum_dy, sum_dy_xmu,
+                                         n_threads))
+    return sum_dy, sum_dy_xmu
+
+
+def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weight=None, *,
+                           y=None, activation=None, layout="NCHW", out=None, n_threads=None):
+    """dx of batch norm from the global sums over `count` values per channel.
+
+    ``dx = weight*invstd * (g - sum_dy/count - (x - mean)*invstd**2 * sum_dy_xmu/count)`` with
+    g = dy (masked by ``y > 0`` with ``activation="relu"``). mean and invstd are the forward's
+    save_mean and save_invstd (cast to x's dtype); ``out=dy`` works in place.
+    """
+    x = v.float_array(x, "x")
+    dy = v.float_array(dy, "dy")
+    v.same_dtype(dy, "dy", x, "x")
+    v.same_shape(dy, "dy", x, "x")
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    if mean is None or invstd is None:
+        raise ValueError("mean and invstd (the forward's save_mean, save_invstd) are required")
+    mean = v.channel_param(mean, "mean", C, x.dtype)
+    invstd = v.channel_param(invstd, "invstd", C, x.dtype)
+    weight = v.channel_param(weight, "weight", C, x.dtype)
+    sum_dy = _stats_array(sum_dy, "sum_dy", C)
+    sum_dy_xmu = _stats_array(sum_dy_xmu, "sum_dy_xmu", C)
+    count = float(count)
+    if not count > 0:
+        raise ValueError(f"count must be > 0 (values per channel over all processes), got {count}")
+    y = _relu_output(y, activation, x)
+    dx = v.output(out, x.shape, x.dtype)
+    n_threads = _resolve(n_threads)
+    x, dy = v.contiguous_input(x, dx), v.contiguous_input(dy, dx)
+    if y is not None:
+        y = v.contiguous_input(y, dx)
+    v.check_status(_core.backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, count,
+                                     dx, N, C, S, cl, n_threads))
+    return dx
