@@ -29,7 +29,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     eps = v.eps_value(eps)
     relu = v.relu(activation)
     v.enough_values(x.shape, N, S)
-    y = v.output(out, x.shape, dtype)
+    y = v.output(out, x.shape, dtype, like=x)
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
     save_mean = np.empty(C, dtype)
@@ -121,7 +121,7 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
         v.same_shape(y, "y", x, "x")
     else:
         y = None          # without an activation y is not needed (and not read)
-    dx = v.output(out, x.shape, dtype)
+    dx = v.output(out, x.shape, dtype, like=x)
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, dx)
     dy = v.contiguous_input(dy, dx)
@@ -184,7 +184,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
     bias = v.channel_param(bias, "bias", C, dtype)
     eps = v.eps_value(eps)
     relu = v.relu(activation)
-    y = v.output(out, x.shape, dtype)
+    y = v.output(out, x.shape, dtype, like=x)
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
     v.check_status(_core.infer(x, y, N, C, S, cl, running_mean, running_var, weight, bias, eps,

@@ -78,10 +78,32 @@ def writable_buffer(a, name, shape, dtype):
     return a
 
 
-def output(out, shape, dtype, name="out"):
-    """The array to write results into: `out` checked, or a new one."""
-    if out is None:
+# Outputs at least this large are placed half a page away from their input (see _empty_apart).
+_APART_MIN_BYTES = 1 << 18
+
+
+def _empty_apart(shape, dtype, like):
+    """A new array whose address differs from `like`'s by half a page modulo 4 KiB.
+
+    Large allocations start at the same offset within a page, so y[i] and x[i] would share
+    their low 12 address bits; CPUs then stall loads behind unrelated stores (4K aliasing),
+    which costs a streaming kernel about a quarter of its speed.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if like is None or nbytes < _APART_MIN_BYTES:
         return np.empty(shape, dtype)
+    buf = np.empty(nbytes + 4096, np.uint8)
+    base = buf.__array_interface__["data"][0]
+    target = like.__array_interface__["data"][0] + 2048
+    shift = (target - base) % 4096 // 64 * 64
+    return buf[shift:shift + nbytes].view(dtype).reshape(shape)
+
+
+def output(out, shape, dtype, name="out", like=None):
+    """The array to write results into: `out` checked, or a new one (apart from `like`)."""
+    if out is None:
+        return _empty_apart(shape, dtype, like)
     return writable_buffer(out, name, shape, dtype)
 
 
