@@ -298,9 +298,10 @@ static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, doubl
         for (int64_t c = c0; c < c1; c++) {
             const int64_t base = (n * p->C + c) * S;
             const double pivot = jb->op == OP_TRAIN ? jb->pivot[c] : 0.0;
-            if (n + 1 < p->N) {      /* the same channel's next run */
-                FN(prefetch)(jb->x + base + p->C * S, S);
-                if (jb->dy) FN(prefetch)(jb->dy + base + p->C * S, S);
+            if (n + 1 < p->N) {      /* the start of the same channel's next run */
+                const int64_t ahead = S < CBN_PREFETCH_VALUES ? S : CBN_PREFETCH_VALUES;
+                FN(prefetch)(jb->x + base + p->C * S, ahead);
+                if (jb->dy) FN(prefetch)(jb->dy + base + p->C * S, ahead);
             }
             for (int64_t s = 0; s < S;) {
                 const int64_t m = n * S + s, k = m / p->chunk;
