@@ -20,6 +20,8 @@ omp_compile, omp_link = openmp_flags()
 # rounds the same way. Never -ffast-math: it would reorder the fixed-order reductions.
 cflags = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno"] + arch_flags() + omp_compile
 
+print("cbn: C flags: " + " ".join(cflags), file=sys.stderr)
+
 extension = Extension(
     "cbn._core",
     sources=["src/cbn/_core.pyx"] + sorted(glob.glob("src/cbn/csrc/*.c")),
@@ -27,6 +29,10 @@ extension = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=cflags,
     extra_link_args=omp_link,
+    # rebuild when these change, and ship them in the sdist (a wheel built from the sdist needs
+    # the probe module imported above as much as the headers)
+    depends=(["include/cbn.h", "tools/openmp_probe.py"]
+             + sorted(glob.glob("src/cbn/csrc/*.h"))),
 )
 
 setup(

@@ -19,7 +19,9 @@ OPENMP_PROBE = textwrap.dedent("""
         #pragma omp parallel reduction(+ : n)
         n += 1;
         printf("%d %d\\n", n, omp_get_max_threads());
-        return n == omp_get_max_threads() ? 0 : 1;
+        /* a team of at least one thread, and no more than OpenMP's default (OMP_THREAD_LIMIT or
+           OMP_DYNAMIC may give fewer) */
+        return (n >= 1 && n <= omp_get_max_threads()) ? 0 : 1;
     }
 """)
 
@@ -61,12 +63,17 @@ def openmp_flags():
     """
     ok, detail = compiles_and_runs(OPENMP_PROBE, ["-fopenmp"], ["-fopenmp"])
     if ok:
+        team, max_threads = (detail.split() + ["?", "?"])[:2]
+        print(f"cbn: OpenMP probe passed ({' '.join(compiler())} -fopenmp, team of {team}, "
+              f"omp_get_max_threads() = {max_threads}): building with OpenMP", file=sys.stderr)
         return ["-fopenmp"], ["-fopenmp"]
-    message = ("cbn: OpenMP probe failed, building a SERIAL library (every kernel on one "
-               f"thread).\n  compiler: {' '.join(compiler())}\n  detail: {detail}")
+    message = ("cbn: OpenMP probe failed (compile, link and run a program with -fopenmp)."
+               f"\n  compiler: {' '.join(compiler())}\n  detail: {detail}")
     if os.environ.get("CBN_REQUIRE_OPENMP") == "1":
-        raise RuntimeError(message + "\n  CBN_REQUIRE_OPENMP=1 makes this an error.")
-    print("WARNING: " + message, file=sys.stderr)
+        raise RuntimeError(message + "\n  CBN_REQUIRE_OPENMP=1 is set: refusing to build a "
+                           "serial library.")
+    print("WARNING: " + message + "\n  Building a SERIAL library (every kernel on one thread); "
+          "set CBN_REQUIRE_OPENMP=1 to make this an error.", file=sys.stderr)
     # still vectorize the `omp simd` loops when the compiler knows the flag
     ok, _ = compiles_and_runs(PLAIN_PROBE, ["-fopenmp-simd"])
     return (["-fopenmp-simd"] if ok else []), []
