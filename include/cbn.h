@@ -4,9 +4,11 @@
  * No Python headers: this file and the sources in src/cbn/csrc/ build with any C99 compiler
  * (add -fopenmp for threads) and can be embedded in other frameworks. From the repository root:
  *
- *   cc -O3 -std=c99 -ffp-contract=off -fopenmp -Iinclude my_app.c src/cbn/csrc/*.c -lm -o my_app
+ *   cc -O3 -std=c99 -ffp-contract=off -fopenmp -Iinclude my_app.c <every .c file of src/cbn/csrc>
+ *      -lm -o my_app
  *
- * (the kernel sources find their private headers next to themselves; only -Iinclude is needed).
+ * (the kernel sources find their private headers next to themselves; only -Iinclude is needed;
+ * examples/embed.c and examples/Makefile show the exact command).
  * The Python build uses the same sources with -O3 -std=c99 -ffp-contract=off -fno-math-errno
  * -fopenmp [-march=native]: with those flags and the same compiler, an embedded build returns
  * the bits the Python package returns. Never use -ffast-math (it reorders the fixed-order sums).
@@ -41,9 +43,10 @@
  * first). Per-channel arrays hold C values. Pointers need only the natural alignment of their
  * element type (4 bytes for float, 8 for double); no SIMD alignment is required. A pointer may
  * be NULL where each function says so (optional arrays; the N*C*S arrays when N*C*S == 0);
- * a required pointer that is NULL gives CBN_ERR_ARGUMENT. Input arrays are const and never written. Each call allocates
- * its scratch (O(C) values plus a few per 4096-value chunk) with malloc and frees it before it
- * returns; nothing is kept between calls.
+ * a required pointer that is NULL gives CBN_ERR_ARGUMENT. Input arrays are const and are only
+ * written through an in-place output. Each call allocates its scratch (a few values per channel
+ * and per chunk of work) with malloc and frees it before it returns; nothing is kept between
+ * calls.
  *
  * Numerics. Statistics run over the M = N*S values of each channel and are accumulated in
  * double whatever the element type; the elementwise pass runs in the element type. Outputs are
@@ -64,9 +67,10 @@
  * In-place use is allowed where documented (y == x, dx == dy: the very same pointer); other
  * overlaps between arrays (partial overlap, an output aliasing a per-channel array) are not.
  *
- * Empty sizes. C == 0 is a no-op that returns CBN_OK (training still requires N*S >= 2, see
- * cbn_train_forward_*). N == 0 or S == 0 (M == 0): training fails with
- * CBN_ERR_TOO_FEW_VALUES, backward writes zero dweight/dbias, inference writes nothing.
+ * Empty sizes. C == 0: once the other arguments pass their checks, a kernel returns CBN_OK
+ * without reading or writing any array (training still requires N*S >= 2). N == 0 or S == 0
+ * (M == 0): training fails with CBN_ERR_TOO_FEW_VALUES, backward writes zero dweight/dbias,
+ * inference writes nothing.
  */
 #ifndef CBN_H
 #define CBN_H
@@ -210,7 +214,8 @@ int cbn_fold_scale_shift_f64(int64_t C, const double *running_mean, const double
 
 /*
  * Split kernels: the phases of training forward and backward, for data-parallel training where
- * several processes each hold part of the batch (cbn.distributed does this over MPI).
+ * several processes each hold part of the batch (cbn.split wraps them; cbn.distributed does this
+ * over MPI).
  *
  *   1. cbn_batch_stats on each process: per-channel mean and M2 = sum((x - mean)^2) of its
  *      N*S values (0 and 0 when it has none), in double.
@@ -222,18 +227,54 @@ int cbn_fold_scale_shift_f64(int64_t C, const double *running_mean, const double
  *      y > 0 with a fused ReLU), in double; the caller all-reduces both (a sum).
  *   2. cbn_backward_dx with the global sums and the global count.
  * dweight = sum(g*(x - mean)) * invstd and dbias = sum(g), from the global sums.
+ * Shapes, layouts, threads, in-place rules and error codes are those of the fused kernels above
+ * (N, C, S, layout describe this process's part); the per-channel statistics exchanged between
+ * the phases are always double, whatever the element type. None of these kernels has a minimum
+ * M: a process may hold no values at all.
+ */
+
+/*
+ * Per-channel statistics of this process's part.
+ *   IN  x                 N*C*S values in `layout` (NULL only when N*C*S == 0)
+ *   OUT mean, m2          C doubles each (non-NULL when C > 0): the mean and M2 =
+ *                         sum((x - mean)^2) of the channel's M = N*S values; 0 and 0 when M == 0
+ *                         (the count, M, is the caller's to send along)
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout, a NULL
+ * required pointer); CBN_ERR_NO_MEMORY.
  */
 int cbn_batch_stats_f32(const float *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                         double *mean, double *m2, int n_threads);
 int cbn_batch_stats_f64(const double *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                         double *mean, double *m2, int n_threads);
 
-/* IN count (P), mean and m2 (P*C, row p = process p); OUT count_out (may be NULL), mean_out and
- * m2_out (C). */
+/*
+ * Combine the statistics of P parts (processes) into those of all of them, parts merged in the
+ * order 0..P-1, so every process combining the same gathered arrays gets the same bits.
+ *   IN  P, C              >= 0
+ *   IN  count             P doubles: values per channel in each part (N*S of that process);
+ *                         parts with count 0 are skipped
+ *   IN  mean, m2          P*C doubles each, row-major: row p holds part p's C values (as
+ *                         cbn_batch_stats wrote them)
+ *   OUT count_out         1 double: the sum of count, or NULL when not wanted
+ *   OUT mean_out, m2_out  C doubles each: the combined mean and M2 (0 and 0 if every count is 0)
+ * Single-threaded, allocates nothing; the outputs must not overlap the inputs.
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (P < 0, C < 0, a NULL pointer while C > 0).
+ */
 int cbn_combine_stats(int64_t P, int64_t C, const double *count, const double *mean,
                       const double *m2, double *count_out, double *mean_out, double *m2_out);
 
-/* y = (x - mean)*invstd*weight + bias (then the activation); mean, invstd: C doubles. */
+/*
+ * The normalize pass of the training forward with given statistics:
+ * y = (x - mean)*invstd*weight + bias (then the activation), computed as cbn_train_forward_*
+ * computes it, so the batch's own mean and invstd (in double) give the same bits.
+ *   IN  x                 N*C*S values in `layout` (NULL only when N*C*S == 0)
+ *   OUT y                 same shape; y == x (in place) is allowed
+ *   IN  mean, invstd      C doubles each (non-NULL when C > 0): the global statistics
+ *   IN  weight, bias      C values or NULL (NULL weight = 1, NULL bias = 0)
+ *   IN  activation        CBN_ACTIVATION_RELU: y = max(y, 0) in the same pass (NaN stays NaN)
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
+ * a NULL required pointer); CBN_ERR_NO_MEMORY. N*C*S == 0: nothing is written.
+ */
 int cbn_normalize_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
                       cbn_layout layout, const double *mean, const double *invstd,
                       const float *weight, const float *bias, cbn_activation activation,
@@ -243,7 +284,18 @@ int cbn_normalize_f64(const double *x, double *y, int64_t N, int64_t C, int64_t 
                       const double *weight, const double *bias, cbn_activation activation,
                       int n_threads);
 
-/* OUT sum_dy, sum_dy_xmu (C doubles); mean: the save_mean of the forward (C values). */
+/*
+ * The reduce phase of backward on this process's part.
+ *   IN  dy, x             N*C*S values each in `layout` (NULL only when N*C*S == 0)
+ *   IN  mean              C values of the element type (non-NULL when C > 0): the forward's
+ *                         mean as the element type (save_mean)
+ *   IN  y, activation     as for cbn_backward_*: with CBN_ACTIVATION_RELU, dy counts only where
+ *                         the forward output y > 0; otherwise y is not read (pass NULL)
+ *   OUT sum_dy, sum_dy_xmu  C doubles each (non-NULL when C > 0): sum(g) and sum(g*(x - mean))
+ *                         over this part; 0 when M == 0
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
+ * a NULL required pointer); CBN_ERR_NO_MEMORY.
+ */
 int cbn_backward_reduce_f32(const float *dy, const float *x, const float *mean, const float *y,
                             cbn_activation activation, int64_t N, int64_t C, int64_t S,
                             cbn_layout layout, double *sum_dy, double *sum_dy_xmu, int n_threads);
@@ -252,7 +304,23 @@ int cbn_backward_reduce_f64(const double *dy, const double *x, const double *mea
                             int64_t S, cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
                             int n_threads);
 
-/* dx from the global sums over `count` values per channel (count > 0). */
+/*
+ * The dx phase of backward: dx from the global sums over `count` values per channel.
+ *   IN  dy, x             N*C*S values each in `layout` (dy non-NULL when C > 0; x NULL only
+ *                         when N*C*S == 0)
+ *   IN  mean, invstd      C values of the element type (non-NULL when C > 0): the forward's
+ *                         save_mean and save_invstd
+ *   IN  weight            C values or NULL (= 1)
+ *   IN  y, activation     as for cbn_backward_reduce_*
+ *   IN  sum_dy, sum_dy_xmu  C doubles each (non-NULL when C > 0): the sums over all processes
+ *   IN  count             > 0: values per channel over all processes (count_out of
+ *                         cbn_combine_stats)
+ *   OUT dx                same shape as x; dx == dy (in place) is allowed
+ * dx = weight*invstd * (g - sum_dy/count - (x - mean)*invstd^2*sum_dy_xmu/count).
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
+ * a NULL required pointer, count <= 0 or NaN); CBN_ERR_NO_MEMORY. N*C*S == 0: nothing is
+ * written.
+ */
 int cbn_backward_dx_f32(const float *dy, const float *x, const float *mean, const float *invstd,
                         const float *weight, const float *y, cbn_activation activation,
                         const double *sum_dy, const double *sum_dy_xmu, double count, float *dx,

@@ -9,7 +9,19 @@ from ._threads import get_num_threads, openmp_enabled, set_num_threads
 
 __version__ = "0.1.0"
 
+
+def get_include():
+    """Directory holding cbn.h, for C or Cython code that embeds the kernels (see cbn/cbn.pxd)."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    for d in (os.path.join(here, "include"),                         # installed: the wheel's copy
+              os.path.join(here, os.pardir, os.pardir, "include")):  # source checkout: src/cbn
+        if os.path.isfile(os.path.join(d, "cbn.h")):
+            return os.path.normpath(d)
+    return os.path.join(here, "include")
+
+
 __all__ = [
     "batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift",
-    "set_num_threads", "get_num_threads", "openmp_enabled", "__version__",
+    "set_num_threads", "get_num_threads", "openmp_enabled", "get_include", "__version__",
 ]

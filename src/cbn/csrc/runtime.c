@@ -28,7 +28,7 @@ int cbn_combine_stats(int64_t P, int64_t C, const double *count, const double *m
                       const double *m2, double *count_out, double *mean_out, double *m2_out)
 {
     if (P < 0 || C < 0) return CBN_ERR_ARGUMENT;
-    if (C > 0 && (!count || !mean || !m2 || !count_out || !mean_out || !m2_out))
+    if (C > 0 && (!count || !mean || !m2 || !mean_out || !m2_out))
         return CBN_ERR_ARGUMENT;
     double n = 0.0;
     for (int64_t c = 0; c < C; c++) mean_out[c] = m2_out[c] = 0.0;

@@ -1,0 +1,229 @@
+"""examples/embed.c: the C kernels built with only a C compiler (no Python) give the numbers of
+the Python API.
+
+The program is compiled twice from the repository's sources:
+
+* with the flags setup.py gives the extension (same compiler, -O3 -std=c99 -ffp-contract=off
+  -fno-math-errno, -march=native unless CBN_PORTABLE=1, -fopenmp when cbn has OpenMP, else
+  -fopenmp-simd). That is the same machine code for the kernels, so every output must be
+  bit-identical to what cbn.batch_norm_train / batch_norm_backward / batch_norm_infer return on
+  the same input. The thread count does not matter (results are bit-identical for every
+  n_threads), and -ffp-contract=off rules out fused multiply-adds the compiler could choose
+  differently.
+* with the plain command documented in the README. Without -march=native the `omp simd`
+  reductions over a contiguous run (channels-first with H*W > 256, embed's case 4) are vectorized
+  at another width, so their float64 partial sums are added in another order: outputs then agree
+  to a few units in the last place, not to the bit (on an AVX-512 machine, up to about
+  8 * eps * max|output| in float64; float32 outputs, rounded from double sums, rarely move).
+  The column-wise sums (channels-last, short channels-first runs) keep one order per column at
+  every vector width.
+"""
+import math
+import os
+import shutil
+import subprocess
+import sysconfig
+
+import numpy as np
+import pytest
+
+import cbn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "embed.c")
+KERNEL_DIR = os.path.join(ROOT, "src", "cbn", "csrc")
+INCLUDE = os.path.join(ROOT, "include")
+
+# The README's command, run from the repository root.
+README_FLAGS = ["-O3", "-std=c99", "-ffp-contract=off", "-fopenmp"]
+
+
+def _compiler():
+    """The compiler setuptools builds the extension with (CC, else Python's configured one),
+    else cc or gcc from PATH; None when there is none."""
+    for cand in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc"):
+        if cand and shutil.which(cand.split()[0]):
+            return cand.split()
+    return None
+
+
+def _kernel_sources():
+    return sorted(os.path.join(KERNEL_DIR, f) for f in os.listdir(KERNEL_DIR) if f.endswith(".c"))
+
+
+def _extension_flags():
+    """setup.py's flags (see setup.py and tools/openmp_probe.py): -fopenmp, or -fopenmp-simd
+    for a serial build, so that the `omp simd` loops are vectorized the same way."""
+    flags = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno"]
+    if os.environ.get("CBN_PORTABLE") != "1":
+        flags.append("-march=native")
+    flags.append("-fopenmp" if cbn.openmp_enabled() else "-fopenmp-simd")
+    return flags
+
+
+# Flags setup.py drops when the compiler refuses them (its probes).
+_OPTIONAL_FLAGS = ("-march=native", "-fopenmp-simd")
+
+
+def _build_and_run(tmp_path, flags):
+    cc = _compiler()
+    if cc is None:
+        pytest.skip("no C compiler (CC, cc or gcc) on PATH")
+    if not (os.path.isfile(EXAMPLE) and os.path.isdir(KERNEL_DIR)):
+        pytest.skip("examples/embed.c and src/cbn/csrc are not here (tests run outside the repo)")
+    exe = str(tmp_path / "embed")
+    cmd = cc + flags + [f"-I{INCLUDE}", EXAMPLE] + _kernel_sources() + ["-lm", "-o", exe]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    if build.returncode != 0 and any(f in flags for f in _OPTIONAL_FLAGS):   # as setup.py does
+        flags = [f for f in flags if f not in _OPTIONAL_FLAGS]
+        cmd = cc + flags + [f"-I{INCLUDE}", EXAMPLE] + _kernel_sources() + ["-lm", "-o", exe]
+        build = subprocess.run(cmd, capture_output=True, text=True)
+    assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr}"
+    report = str(tmp_path / "embed.txt")
+    run = subprocess.run([exe, report], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    with open(report) as f:
+        return parse(f.read())
+
+
+def parse(text):
+    """{"openmp": (enabled, threads), "error": (code, message), "cases": [case, ...]}; a case is
+    a dict with dtype, layout, shape, activation, momentum, eps and "arrays" {name: ndarray}
+    (flat, in storage order)."""
+    out = {"cases": []}
+    cases = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "openmp":
+            enabled, threads = rest.split()
+            out["openmp"] = (int(enabled), int(threads))
+        elif kind == "case":
+            cid, dtype, layout, N, C, H, W, act, momentum, eps = rest.split()
+            N, C, H, W = int(N), int(C), int(H), int(W)
+            case = {
+                "id": cid, "dtype": np.dtype({"f32": np.float32, "f64": np.float64}[dtype]),
+                "layout": layout, "C": C,
+                "shape": (N, C, H, W) if layout == "NCHW" else (N, H, W, C),
+                "activation": None if act == "none" else act,
+                "momentum": float(momentum), "eps": float(eps), "arrays": {},
+            }
+            cases[cid] = case
+            out["cases"].append(case)
+        elif kind == "array":
+            cid, name, count, *values = rest.split()
+            case = cases[cid]
+            a = np.array([float(v) for v in values], dtype=case["dtype"])  # %.9g/%.17g: exact
+            assert a.size == int(count), (cid, name)
+            case["arrays"][name] = a
+        elif kind == "error":
+            code, _, message = rest.partition(" ")
+            out["error"] = (int(code), message)
+        else:
+            raise AssertionError(f"unexpected line in embed's report: {line[:80]!r}")
+    return out
+
+
+def python_results(case):
+    """The same three calls through the Python API, from the inputs embed printed."""
+    a, shape, layout, act = case["arrays"], case["shape"], case["layout"], case["activation"]
+    x, dy = a["x"].reshape(shape), a["dy"].reshape(shape)
+    weight, bias = a["weight"], a["bias"]
+    running_mean, running_var = a["running_mean0"].copy(), a["running_var0"].copy()
+    y, save_mean, save_invstd = cbn.batch_norm_train(
+        x, weight, bias, running_mean=running_mean, running_var=running_var,
+        momentum=case["momentum"], eps=case["eps"], layout=layout, activation=act)
+    dx, dweight, dbias = cbn.batch_norm_backward(
+        dy, x, save_mean, save_invstd, weight, layout=layout, y=y if act else None,
+        activation=act)
+    y_infer = cbn.batch_norm_infer(x, running_mean, running_var, weight, bias, eps=case["eps"],
+                                   layout=layout, activation=act)
+    return {"y": y, "save_mean": save_mean, "save_invstd": save_invstd,
+            "running_mean": running_mean, "running_var": running_var, "dx": dx,
+            "dweight": dweight, "dbias": dbias, "y_infer": y_infer}
+
+
+OUTPUTS = ("y", "save_mean", "save_invstd", "running_mean", "running_var", "dx", "dweight",
+           "dbias", "y_infer")
+
+
+@pytest.fixture(scope="module")
+def report_same_flags(tmp_path_factory):
+    return _build_and_run(tmp_path_factory.mktemp("embed_ext_flags"), _extension_flags())
+
+
+@pytest.fixture(scope="module")
+def report_readme(tmp_path_factory):
+    flags = README_FLAGS if cbn.openmp_enabled() else README_FLAGS[:-1]
+    return _build_and_run(tmp_path_factory.mktemp("embed_readme"), flags)
+
+
+def test_report_is_complete(report_same_flags):
+    rep = report_same_flags
+    assert rep["openmp"][0] == int(cbn.openmp_enabled())
+    assert rep["error"] == (-2, "expected more than 1 value per channel when training")
+    kinds = {(c["dtype"].name, c["layout"]) for c in rep["cases"]}
+    assert kinds == {(d, lay) for d in ("float32", "float64") for lay in ("NCHW", "NHWC")}
+    assert any(c["activation"] == "relu" for c in rep["cases"])
+    for case in rep["cases"]:
+        total = math.prod(case["shape"])
+        for name in ("x", "dy", "y", "dx", "y_infer"):
+            assert case["arrays"][name].size == total, (case["id"], name)
+        for name in ("weight", "bias", "running_mean0", "running_var0", "save_mean",
+                     "save_invstd", "running_mean", "running_var", "dweight", "dbias"):
+            assert case["arrays"][name].size == case["C"], (case["id"], name)
+        assert np.all(np.isfinite(case["arrays"]["dx"]))
+
+
+def test_same_flags_bit_identical(report_same_flags):
+    """Same compiler, same flags, same sources: the C program and the extension agree to the
+    last bit on every output of every case."""
+    for case in report_same_flags["cases"]:
+        expected = python_results(case)
+        for name in OUTPUTS:
+            got = case["arrays"][name]
+            want = np.ascontiguousarray(expected[name]).ravel()
+            assert got.dtype == want.dtype
+            if got.tobytes() != want.tobytes():
+                diff = np.flatnonzero(got != want)
+                raise AssertionError(
+                    f"case {case['id']} ({case['dtype'].name} {case['layout']}) {name}: "
+                    f"{diff.size} of {got.size} values differ from the Python API (first at "
+                    f"{diff[:3]}: {got[diff[:3]].tolist()} vs {want[diff[:3]].tolist()}). "
+                    f"Was the installed cbn built with another compiler or other flags (CC, "
+                    f"CBN_PORTABLE)?")
+
+
+def test_readme_command_close(report_readme):
+    """The README's plain command (no -march=native, no -fno-math-errno): the same formulas,
+    with sums possibly vectorized at another width. Agreement to a few units in the last place
+    of each array's largest value (64 eps: a sum of M <= 640 terms reordered moves by about
+    sqrt(M) eps, at most M eps)."""
+    for case in report_readme["cases"]:
+        expected = python_results(case)
+        eps = np.finfo(case["dtype"]).eps
+        for name in OUTPUTS:
+            got = case["arrays"][name].astype(np.float64)
+            want = np.ascontiguousarray(expected[name]).ravel().astype(np.float64)
+            scale = max(1.0, float(np.abs(want).max()))
+            np.testing.assert_allclose(got, want, rtol=4 * eps, atol=64 * eps * scale,
+                                       err_msg=f"case {case['id']} {name}")
+
+
+def test_layouts_hold_the_same_tensor(report_same_flags):
+    """embed generates each tensor in logical order: its NCHW and NHWC cases of the same shape
+    normalize the same values, so their outputs agree (up to the summation order)."""
+    cases = {(c["dtype"].name, c["layout"]): c for c in report_same_flags["cases"]
+             if c["shape"] in ((4, 3, 5, 7), (4, 5, 7, 3))}
+    for dtype in ("float32", "float64"):
+        first, last = cases[(dtype, "NCHW")], cases[(dtype, "NHWC")]
+        x_first = first["arrays"]["x"].reshape(first["shape"])
+        x_last = last["arrays"]["x"].reshape(last["shape"])
+        np.testing.assert_array_equal(np.moveaxis(x_last, -1, 1), x_first)
+        eps = np.finfo(dtype).eps
+        for name in OUTPUTS:
+            a, b = first["arrays"][name], last["arrays"][name]
+            if a.size == x_first.size:
+                b = np.moveaxis(b.reshape(last["shape"]), -1, 1).ravel()
+            scale = max(1.0, float(np.abs(a).max()))
+            np.testing.assert_allclose(b, a, rtol=8 * eps, atol=16 * eps * scale,
+                                       err_msg=f"{dtype} {name}")
