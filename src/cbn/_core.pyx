@@ -101,6 +101,17 @@ cdef inline bint _is_f32(object x):
     return cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
 
 
+def address(a):
+    """Data address of an ndarray (for placing new outputs; cheaper than __array_interface__)."""
+    return <size_t>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def array_flags(a):
+    """1 if the ndarray is C-contiguous, plus 2 if it is writeable (cheaper than a.flags)."""
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (1 if cnp.PyArray_IS_C_CONTIGUOUS(arr) else 0) | (2 if cnp.PyArray_ISWRITEABLE(arr) else 0)
+
+
 def error_string(int code):
     return cbn_error_string(code).decode()
 

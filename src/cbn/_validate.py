@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from . import _core
+
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _LAYOUTS = {"NCHW": False, "channels_first": False, "NHWC": True, "channels_last": True}
 
@@ -41,10 +43,13 @@ def canonical_dims(shape, is_channels_last, name="x"):
 
 def contiguous_input(a, out=None):
     """a as a C-contiguous array, copied when it is strided or overlaps `out` without being it."""
-    if not a.flags.c_contiguous:
+    if not _core.array_flags(a) & 1:
         return np.ascontiguousarray(a)
-    if out is not None and out is not a and np.may_share_memory(a, out):
-        return a.copy()
+    if out is not None and out is not a:
+        # both are C-contiguous here, so each occupies exactly [address, address + nbytes)
+        lo, o_lo = _core.address(a), _core.address(out)
+        if lo < o_lo + out.nbytes and o_lo < lo + a.nbytes:
+            return a.copy()
     return a
 
 
@@ -58,7 +63,7 @@ def channel_param(a, name, C, dtype):
         raise TypeError(f"{name} must be a real floating-point array, got dtype {a.dtype}")
     if a.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},) for {C} channels, got {a.shape}")
-    if a.dtype != dtype or not a.flags.c_contiguous:
+    if a.dtype != dtype or not _core.array_flags(a) & 1:
         a = np.ascontiguousarray(a, dtype=dtype)
     return a
 
@@ -71,9 +76,10 @@ def writable_buffer(a, name, shape, dtype):
         raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {a.dtype}")
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if not a.flags.c_contiguous:
+    flags = _core.array_flags(a)
+    if not flags & 1:
         raise ValueError(f"{name} must be C-contiguous")
-    if not a.flags.writeable:
+    if not flags & 2:
         raise ValueError(f"{name} must be writeable, got a read-only array")
     return a
 
@@ -94,8 +100,8 @@ def _empty_apart(shape, dtype, like):
     if like is None or nbytes < _APART_MIN_BYTES:
         return np.empty(shape, dtype)
     buf = np.empty(nbytes + 4096, np.uint8)
-    base = buf.__array_interface__["data"][0]
-    target = like.__array_interface__["data"][0] + 2048
+    base = _core.address(buf)
+    target = _core.address(like) + 2048
     shift = (target - base) % 4096 // 64 * 64
     return buf[shift:shift + nbytes].view(dtype).reshape(shape)
 
@@ -163,7 +169,6 @@ def check_status(rc):
     """Turn a C status code into an exception (validation above makes these rare)."""
     if rc == 0:
         return
-    from . import _core
     if rc == -3:
         raise MemoryError(f"cbn kernel: {_core.error_string(rc)}")
     raise RuntimeError(f"cbn kernel failed: {_core.error_string(rc)} (code {rc})")
