@@ -433,16 +433,25 @@ static void FN(cf_run_job)(const FN(job) *jb)
             FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
                                 part + 2 * u);
 #pragma omp barrier
-        int64_t cur = -1;
-        for (int64_t u = u0; u < u1; u++) {
-            const int64_t c = u / K, k = u - c * K;
-            if (c >= own0 && c < own1) continue;                /* finished before the barrier */
-            if (c != cur) {
-                cur = c;
-                FN(cf_finalize)(jb, c, part, (c + 1) * K - 1 < u1, kc);
+        /* Channels cut by a range boundary: at most the one holding u0 and the one holding
+         * u1 - 1. All of them are finalized before any is applied, because a second pass over a
+         * channel reads all of its x, which in place (y == x) another thread's apply would be
+         * overwriting. */
+        const int64_t c_lo = u0 / K, c_hi = (u1 - 1) / K;
+        T k_lo[N_COEF], k_hi[N_COEF];
+#define WHOLLY_MINE(c) ((c) >= own0 && (c) < own1)
+        const int cut_lo = u1 > u0 && !WHOLLY_MINE(c_lo);
+        const int cut_hi = u1 > u0 && c_hi != c_lo && !WHOLLY_MINE(c_hi);
+#undef WHOLLY_MINE
+        if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, k_lo);
+        if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, k_hi);
+#pragma omp barrier
+        if (!jb->reduce_only)
+            for (int64_t u = u0; u < u1; u++) {
+                const int64_t c = u / K;
+                if (cut_lo && c == c_lo) FN(cf_apply_chunk)(jb, c, u - c * K, k_lo);
+                else if (cut_hi && c == c_hi) FN(cf_apply_chunk)(jb, c, u - c * K, k_hi);
             }
-            if (!jb->reduce_only) FN(cf_apply_chunk)(jb, c, k, kc);
-        }
         cbn_stream_fence();
         }
     }
