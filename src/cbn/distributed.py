@@ -1,0 +1,356 @@
+"""Synchronized batch normalization across processes over MPI (data-parallel training).
+
+When a model is trained data-parallel, every process (MPI rank) holds part of the batch. A plain
+`cbn.BatchNorm` would normalize each part with its own statistics; `SyncBatchNorm` normalizes
+every part with the statistics of the whole batch, as if one process held it all, and computes
+the gradients of the whole batch. It is PyTorch's ``torch.nn.SyncBatchNorm`` for CPU processes,
+built on the split kernels of `cbn.split` and on MPI through mpi4py.
+
+Per training step and per rank (P ranks, C channels), the communication is:
+
+* forward: one ``Allgather`` of this rank's ``(count, mean[C], M2[C])`` (1 + 2C float64);
+  every rank combines the P parts in rank order (Chan's formula, exact for uneven parts), so
+  every rank gets the same bits;
+* backward: one ``Allreduce(SUM)`` of ``sum(dy)[C], sum(dy*(x - mean))[C]`` plus one flag
+  (2C + 1 float64).
+
+That is 16*P bytes per channel gathered and 16 bytes per channel all-reduced, independent of the
+batch and spatial sizes. ``bench/bench_distributed.py`` measures it.
+
+mpi4py and an MPI library are an optional extra: ``pip install "cbn[mpi]"`` (mpi4py and
+MPICH's wheel, which provides ``mpiexec``). ``import cbn`` never needs them; ``import
+cbn.distributed`` raises ImportError naming the extra when they are missing. Run a script with
+``mpiexec -n 2 python script.py``.
+"""
+import numpy as np
+
+try:
+    from mpi4py import MPI
+except ImportError as exc:  # mpi4py missing
+    raise ImportError(
+        'cbn.distributed needs mpi4py and an MPI library, the optional extra: '
+        'pip install "cbn[mpi]"') from exc
+except RuntimeError as exc:  # mpi4py present but no loadable MPI library / MPI_Init failed
+    raise ImportError(
+        f'cbn.distributed: mpi4py could not load or start an MPI library ({exc}); '
+        'pip install "cbn[mpi]" installs mpi4py with MPICH') from exc
+
+from . import _api, split
+from . import _validate as v
+
+__all__ = ["SyncBatchNorm"]
+
+_F64 = np.dtype(np.float64)
+
+
+class _BatchNormBase:
+    """Single-process stateful batch norm: constructor, attributes, eval mode, state_dict.
+
+    A stand-in for `cbn.BatchNorm` (issue 4's stateful layer), which did not exist yet when
+    SyncBatchNorm was written. SyncBatchNorm only overrides the training forward and the
+    backward and relies on public attributes alone, so once ``cbn.layer.BatchNorm`` exists it
+    should subclass that instead, and this class goes.
+    """
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, layout="NCHW", dtype=np.float32, activation=None,
+                 n_threads=None):
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
+            raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        dtype = np.dtype(dtype)
+        if dtype not in v._FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        v.channels_last(layout)
+        v.relu(activation)
+        self.num_features = C = int(num_features)
+        self.eps = v.eps_value(eps)
+        self.momentum = None if momentum is None else v.momentum_value(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.layout = layout
+        self.dtype = dtype
+        self.activation = activation
+        self.n_threads = n_threads
+        self.weight = np.ones(C, dtype) if self.affine else None
+        self.bias = np.zeros(C, dtype) if self.affine else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(C, dtype)
+            self.running_var = np.ones(C, dtype)
+        else:
+            self.running_mean = self.running_var = None
+        self.num_batches_tracked = 0
+        self.training = True
+        self.grad_weight = self.grad_bias = None
+        self._saved = None
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def forward(self, x):
+        x = _check_input(self, x)
+        if not self.training and self.track_running_stats:
+            self._saved = None
+            return _api.batch_norm_infer(x, self.running_mean, self.running_var, self.weight,
+                                         self.bias, eps=self.eps, layout=self.layout,
+                                         activation=self.activation, n_threads=self.n_threads)
+        update = self.training and self.track_running_stats
+        if update:
+            momentum = (1.0 / (self.num_batches_tracked + 1) if self.momentum is None
+                        else self.momentum)
+        y, mean, invstd = _api.batch_norm_train(
+            x, self.weight, self.bias, running_mean=self.running_mean if update else None,
+            running_var=self.running_var if update else None,
+            momentum=momentum if update else 0.0, eps=self.eps, layout=self.layout,
+            activation=self.activation, n_threads=self.n_threads)
+        if update:
+            self.num_batches_tracked += 1
+        self._saved = (x, y if self.activation else None, mean, invstd,
+                       None if self.weight is None else self.weight.copy())
+        return y
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward() needs a forward() that used batch statistics first "
+                               "(training mode)")
+        x, y, mean, invstd, weight = self._saved
+        dx, dw, db = _api.batch_norm_backward(dy, x, mean, invstd, weight, layout=self.layout,
+                                              y=y, activation=self.activation,
+                                              n_threads=self.n_threads)
+        self.grad_weight, self.grad_bias = (dw, db) if self.affine else (None, None)
+        return dx
+
+    def state_dict(self):
+        d = {}
+        if self.affine:
+            d["weight"], d["bias"] = self.weight.copy(), self.bias.copy()
+        if self.track_running_stats:
+            d["running_mean"] = self.running_mean.copy()
+            d["running_var"] = self.running_var.copy()
+            d["num_batches_tracked"] = np.asarray(self.num_batches_tracked, np.int64)
+        return d
+
+    def load_state_dict(self, d):
+        want = set(self.state_dict())
+        got = set(d)
+        if want != got:
+            raise ValueError(f"state_dict keys must be {sorted(want)}, got {sorted(got)}")
+        for k in want - {"num_batches_tracked"}:
+            a = np.asarray(d[k])
+            if a.shape != (self.num_features,):
+                raise ValueError(f"{k} must have shape ({self.num_features},), got {a.shape}")
+        for k in want - {"num_batches_tracked"}:
+            getattr(self, k)[...] = np.asarray(d[k], self.dtype)
+        if "num_batches_tracked" in d:
+            self.num_batches_tracked = int(d["num_batches_tracked"])
+
+    def save(self, path):
+        np.savez(path, **self.state_dict())
+
+    def load(self, path):
+        with np.load(path) as f:
+            self.load_state_dict(dict(f))
+
+
+class SyncBatchNorm(_BatchNormBase):
+    """Batch normalization whose training statistics and gradients span every rank of `comm`.
+
+    Same constructor, attributes and behaviour as `cbn.BatchNorm`, plus `comm`::
+
+        SyncBatchNorm(num_features, comm=None, *, eps=1e-5, momentum=0.1, affine=True,
+                      track_running_stats=True, layout="NCHW", dtype=np.float32,
+                      activation=None, n_threads=None)
+
+    Every rank calls the same methods in the same order with its own part of the batch (any
+    number of samples, 0 included). In training mode:
+
+    * ``forward(x)`` normalizes x with the mean and biased variance of the concatenation of
+      every rank's x (in rank order), and updates the running statistics with the unbiased
+      variance of that whole batch (``momentum=None``: cumulative average). Running statistics
+      and ``num_batches_tracked`` are bit-identical on every rank.
+    * ``backward(dy)`` returns this rank's part of dx for the whole batch, as if one process had
+      run ``cbn.batch_norm_backward`` on the concatenated x and dy. ``grad_weight`` and
+      ``grad_bias`` are the gradients of the whole batch, identical on every rank: the sums over
+      every rank's samples, so do not all-reduce them again (see Notes).
+
+    In eval mode nothing is communicated: running statistics (or, with
+    ``track_running_stats=False``, this rank's own batch statistics, as in PyTorch) are used
+    exactly as by `cbn.BatchNorm`.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    comm : mpi4py.MPI.Intracomm, optional
+        The ranks that share the batch; default ``MPI.COMM_WORLD``. Every rank of it must call
+        forward/backward together (they are collective operations).
+    eps, momentum, affine, track_running_stats, layout, dtype, activation, n_threads
+        As for `cbn.BatchNorm`.
+
+    Notes
+    -----
+    PyTorch's SyncBatchNorm returns each rank's *local* share of dweight/dbias and leaves their
+    averaging to DistributedDataParallel, whose all-reduce divides by the world size. Here the
+    global sums come for free with the all-reduce that dx needs, so ``grad_weight`` and
+    ``grad_bias`` already hold ``sum over ranks`` of those shares: the gradient of the sum of
+    the losses every rank differentiated. If the other parameters' gradients are averaged over
+    ranks (DDP's convention: each rank's loss is a mean over its own samples), divide these two
+    by ``comm.size`` to match, and leave them out of the all-reduce.
+
+    A bad input on one rank (x or dy of the wrong shape or dtype) raises its error there and,
+    as a RuntimeError naming the failing ranks, on every other one, instead of leaving them
+    blocked in the collective; nothing is updated on any rank and the layer stays usable.
+    Grad_weight and grad_bias are identical on every rank as long as the MPI library's
+    Allreduce gives every rank the same sum (MPICH does; the tests check it).
+    """
+
+    def __init__(self, num_features, comm=None, **kwargs):
+        super().__init__(num_features, **kwargs)
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        if not isinstance(comm, MPI.Intracomm):
+            raise TypeError(
+                f"comm must be an mpi4py intracommunicator (mpi4py.MPI.Intracomm, e.g. "
+                f"MPI.COMM_WORLD), got {type(comm).__name__}")
+        if comm == MPI.COMM_NULL:
+            raise ValueError("comm must be a valid communicator, got MPI.COMM_NULL")
+        self.comm = comm
+        self._sync_saved = None
+
+    # -- training forward ----------------------------------------------------------------------
+
+    def forward(self, x):
+        """y for this rank's x; in training mode with the whole batch's statistics (collective)."""
+        if not self.training:
+            self._sync_saved = None
+            return super().forward(x)
+        return self._sync_forward(x)
+
+    def _sync_forward(self, x):
+        comm, C = self.comm, self.num_features
+        self._sync_saved = None
+        # this rank's part: [count, mean[C], m2[C]]; count -1 tells the others it failed
+        mine = np.zeros(1 + 2 * C, _F64)
+        error = None
+        try:
+            x = _check_input(self, x)
+            count, mean, m2 = split.batch_stats(x, layout=self.layout, n_threads=self.n_threads)
+            mine[0] = count
+            mine[1:1 + C] = mean
+            mine[1 + C:] = m2
+        except Exception as exc:  # raised below, after the collective the other ranks wait in
+            error = exc
+            mine[:] = 0.0
+            mine[0] = -1.0
+        parts = np.empty((comm.Get_size(), 1 + 2 * C), _F64)
+        comm.Allgather(mine, parts)
+        if error is not None:
+            raise error
+        _raise_if_failed(np.flatnonzero(parts[:, 0] < 0), comm, "forward")
+
+        # every rank combines the same gathered bits in rank order: identical results
+        count, mean, m2 = split.combine_stats(parts[:, 0], parts[:, 1:1 + C], parts[:, 1 + C:])
+        if not count > 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got "
+                f"{int(count)} value(s) per channel over the {comm.Get_size()} rank(s) of comm "
+                f"(this rank's input has shape {x.shape})")
+        invstd = 1.0 / np.sqrt(m2 / count + self.eps)
+        y = split.batch_norm_normalize(x, mean, invstd, self.weight, self.bias,
+                                       layout=self.layout, activation=self.activation,
+                                       n_threads=self.n_threads)
+        if self.track_running_stats:
+            self._update_running(count, mean, m2)
+        dtype = x.dtype
+        self._sync_saved = {
+            "x": x,
+            "y": y if self.activation is not None else None,
+            "mean": mean.astype(dtype),       # save_mean / save_invstd in x's dtype, as
+            "invstd": invstd.astype(dtype),   # batch_norm_train returns them
+            "weight": None if self.weight is None else self.weight.copy(),
+            "count": count,
+        }
+        return y
+
+    def _update_running(self, count, mean, m2):
+        """PyTorch's update with the whole batch's unbiased variance, as the fused kernel does it
+        (float64 arithmetic, rounded once to the buffers' dtype)."""
+        self.num_batches_tracked += 1
+        m = (1.0 / self.num_batches_tracked if self.momentum is None else float(self.momentum))
+        rm, rv = self.running_mean, self.running_var
+        rm[...] = (1.0 - m) * rm.astype(_F64) + m * mean
+        rv[...] = (1.0 - m) * rv.astype(_F64) + m * (m2 / (count - 1.0))
+
+    # -- backward ------------------------------------------------------------------------------
+
+    def backward(self, dy):
+        """dx for this rank's part of the whole batch (collective after a training forward);
+        sets grad_weight and grad_bias to the whole batch's gradients."""
+        if self._sync_saved is None:
+            # eval-mode forward (local) or no forward at all: cbn.BatchNorm's behaviour
+            return super().backward(dy)
+        comm, C = self.comm, self.num_features
+        saved = self._sync_saved
+        # [sum_dy[C], sum_dy_xmu[C], failed]: the flag counts ranks whose local part failed
+        sums = np.zeros(2 * C + 1, _F64)
+        error = None
+        try:
+            dy = v.float_array(dy, "dy")
+            sum_dy, sum_dy_xmu = split.batch_norm_backward_reduce(
+                dy, saved["x"], saved["mean"], y=saved["y"], activation=self.activation,
+                layout=self.layout, n_threads=self.n_threads)
+            sums[:C] = sum_dy
+            sums[C:2 * C] = sum_dy_xmu
+        except Exception as exc:
+            error = exc
+            sums[:] = 0.0
+            sums[2 * C] = 1.0
+        comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        if error is not None:
+            raise error
+        if sums[2 * C] != 0:
+            _raise_if_failed(None, comm, "backward", n_failed=int(sums[2 * C]))
+        sum_dy, sum_dy_xmu = sums[:C].copy(), sums[C:2 * C].copy()
+        dx = split.batch_norm_backward_dx(
+            dy, saved["x"], saved["mean"], saved["invstd"], sum_dy, sum_dy_xmu, saved["count"],
+            saved["weight"], y=saved["y"], activation=self.activation, layout=self.layout,
+            n_threads=self.n_threads)
+        if self.affine:
+            dtype = saved["x"].dtype
+            self.grad_weight = (sum_dy_xmu * saved["invstd"].astype(_F64)).astype(dtype)
+            self.grad_bias = sum_dy.astype(dtype)
+        else:
+            self.grad_weight = self.grad_bias = None
+        return dx
+
+
+def _check_input(layer, x):
+    """x as an ndarray of the layer's dtype with num_features channels in its layout."""
+    x = v.float_array(x, "x")
+    if x.dtype != layer.dtype:
+        raise TypeError(f"x must have the layer's dtype {layer.dtype}, got {x.dtype}")
+    N, C, S = v.canonical_dims(x.shape, v.channels_last(layer.layout))
+    if C != layer.num_features:
+        raise ValueError(f"x must have {layer.num_features} channels (num_features) on the "
+                         f"channel axis of layout {layer.layout!r}, got shape {x.shape}")
+    return x
+
+
+def _raise_if_failed(failed_ranks, comm, phase, n_failed=None):
+    if failed_ranks is not None:
+        if failed_ranks.size == 0:
+            return
+        who = f"rank(s) {', '.join(map(str, failed_ranks.tolist()))}"
+    else:
+        who = f"{n_failed} other rank(s)"
+    raise RuntimeError(
+        f"SyncBatchNorm {phase} failed on {who} of comm (see the error raised there); "
+        f"this rank (rank {comm.Get_rank()}) stopped too and updated nothing")
