@@ -6,6 +6,7 @@ implementation of the same formulas is `cbn.reference`.
 """
 from ._api import batch_norm_backward, batch_norm_infer, batch_norm_train, fold_scale_shift
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from .layer import BatchNorm
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,6 @@ def get_include():
 
 
 __all__ = [
-    "batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift",
+    "batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift", "BatchNorm",
     "set_num_threads", "get_num_threads", "openmp_enabled", "get_include", "__version__",
 ]
