@@ -6,6 +6,7 @@ implementation of the same formulas is `cbn.reference`.
 """
 from ._api import batch_norm_backward, batch_norm_infer, batch_norm_train, fold_scale_shift
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
+from .folding import fold_conv, fold_linear
 from .layer import BatchNorm
 
 __version__ = "0.1.0"
@@ -24,5 +25,6 @@ def get_include():
 
 __all__ = [
     "batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift", "BatchNorm",
+    "fold_linear", "fold_conv",
     "set_num_threads", "get_num_threads", "openmp_enabled", "get_include", "__version__",
 ]
