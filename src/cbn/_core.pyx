@@ -107,9 +107,12 @@ def address(a):
 
 
 def array_flags(a):
-    """1 if the ndarray is C-contiguous, plus 2 if it is writeable (cheaper than a.flags)."""
+    """Bits of the ndarray's flags (cheaper than a.flags): 1 C-contiguous, 2 writeable,
+    4 aligned for its dtype."""
     cdef cnp.ndarray arr = <cnp.ndarray>a
-    return (1 if cnp.PyArray_IS_C_CONTIGUOUS(arr) else 0) | (2 if cnp.PyArray_ISWRITEABLE(arr) else 0)
+    return ((1 if cnp.PyArray_IS_C_CONTIGUOUS(arr) else 0)
+            | (2 if cnp.PyArray_ISWRITEABLE(arr) else 0)
+            | (4 if cnp.PyArray_ISALIGNED(arr) else 0))
 
 
 def error_string(int code):

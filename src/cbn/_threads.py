@@ -4,6 +4,8 @@ import operator
 from . import _core
 
 _default_threads = None  # set by set_num_threads; None -> the OpenMP default
+# n_threads is a maximum (kernels use fewer on small inputs); larger requests mean "all".
+_MOST_THREADS = 1 << 16
 
 
 def _resolve(n_threads):
@@ -24,7 +26,7 @@ def _resolve(n_threads):
             raise TypeError(
                 f"n_threads must be an int or None, got {type(n_threads).__name__}") from None
     if n_threads > 0:
-        return n_threads
+        return min(n_threads, _MOST_THREADS)
     if n_threads == 0:
         raise ValueError("n_threads must be a nonzero int or None, got 0")
     return max(1, _core.max_threads() + 1 + n_threads)

@@ -41,10 +41,15 @@ def canonical_dims(shape, is_channels_last, name="x"):
     return shape[0], shape[1], math.prod(shape[2:])
 
 
+# array_flags bits
+_CONTIGUOUS, _WRITEABLE, _ALIGNED = 1, 2, 4
+
+
 def contiguous_input(a, out=None):
-    """a as a C-contiguous array, copied when it is strided or overlaps `out` without being it."""
-    if not _core.array_flags(a) & 1:
-        return np.ascontiguousarray(a)
+    """a as a C-contiguous, aligned array (the C kernels dereference typed pointers), copied
+    when it is strided, misaligned, or overlaps `out` without being it."""
+    if _core.array_flags(a) & (_CONTIGUOUS | _ALIGNED) != _CONTIGUOUS | _ALIGNED:
+        return np.array(a, order="C")
     if out is not None and out is not a:
         # both are C-contiguous here, so each occupies exactly [address, address + nbytes)
         lo, o_lo = _core.address(a), _core.address(out)
@@ -63,8 +68,8 @@ def channel_param(a, name, C, dtype):
         raise TypeError(f"{name} must be a real floating-point array, got dtype {a.dtype}")
     if a.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},) for {C} channels, got {a.shape}")
-    if a.dtype != dtype or not _core.array_flags(a) & 1:
-        a = np.ascontiguousarray(a, dtype=dtype)
+    if a.dtype != dtype or _core.array_flags(a) & (_CONTIGUOUS | _ALIGNED) != _CONTIGUOUS | _ALIGNED:
+        a = np.array(a, dtype=dtype, order="C")
     return a
 
 
@@ -77,10 +82,12 @@ def writable_buffer(a, name, shape, dtype):
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     flags = _core.array_flags(a)
-    if not flags & 1:
+    if not flags & _CONTIGUOUS:
         raise ValueError(f"{name} must be C-contiguous")
-    if not flags & 2:
+    if not flags & _WRITEABLE:
         raise ValueError(f"{name} must be writeable, got a read-only array")
+    if not flags & _ALIGNED:
+        raise ValueError(f"{name} must be aligned for its dtype, got a misaligned view")
     return a
 
 
