@@ -156,3 +156,93 @@ def test_state_dict_moves_between_torch_and_cbn(rng):
     back.load_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in bn.state_dict().items()})
     for k, t in tb.state_dict().items():
         assert torch.equal(back.state_dict()[k], t)
+
+
+def test_load_state_dict_checks_everything_before_writing(rng):
+    bn = cbn.BatchNorm(3)
+    good = {k: a + 1 for k, a in bn.state_dict().items()}
+    for key, value, exc in [("num_batches_tracked", np.array([1, 2]), ValueError),
+                            ("num_batches_tracked", np.array(1.5), ValueError),
+                            ("num_batches_tracked", np.array(-1), ValueError),
+                            ("running_var", np.array(["a", "b", "c"]), TypeError),
+                            ("running_var", np.ones((3, 1)), ValueError)]:
+        bad = dict(good, **{key: value})
+        with pytest.raises(exc, match=key):
+            bn.load_state_dict(bad)
+        assert (bn.weight == 1).all() and (bn.bias == 0).all() and bn.num_batches_tracked == 0
+    with pytest.raises(ValueError, match="missing \\['bias'\\]"):
+        bn.load_state_dict({k: a for k, a in good.items() if k != "bias"})
+    assert bn.load_state_dict(good) == ([], [])
+    assert (bn.weight == 2).all() and bn.num_batches_tracked == 1
+
+
+def test_load_state_dict_not_strict(rng):
+    bn = cbn.BatchNorm(3, affine=False)
+    full = cbn.BatchNorm(3).state_dict()             # an affine layer's: weight, bias extra
+    full["running_mean"] = np.arange(3.0)
+    with pytest.raises(ValueError, match="unexpected"):
+        bn.load_state_dict(full)
+    missing, unexpected = bn.load_state_dict(
+        {k: a for k, a in full.items() if k != "running_var"}, strict=False)
+    assert missing == ["running_var"] and sorted(unexpected) == ["bias", "weight"]
+    np.testing.assert_array_equal(bn.running_mean, [0, 1, 2])
+    np.testing.assert_array_equal(bn.running_var, [1, 1, 1])
+    assert bn.running_mean.dtype == np.float32
+
+
+def test_backward_uses_the_saved_batch(rng):
+    """backward uses the statistics and weight of its forward, even after an SGD step or an
+    eval forward in between would have changed them."""
+    bn = cbn.BatchNorm(3, dtype=np.float64)
+    x, dy = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    bn.weight[...] = [2.0, 0.5, 1.0]
+    y, m, s = cbn.batch_norm_train(x, bn.weight, bn.bias)
+    bn(x)
+    expected = cbn.batch_norm_backward(dy, x, m, s, bn.weight)
+    bn.weight -= 0.3                                  # an optimizer step before backward
+    bn.running_mean[...] = 5
+    np.testing.assert_array_equal(bn.backward(dy), expected[0])
+    np.testing.assert_array_equal(bn.grad_weight, expected[1])
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("track", [True, False])
+def test_interleaved_train_eval_match_torch(layout, momentum, affine, track, rng):
+    torch = pytest.importorskip("torch")
+    shape = (4, 3, 5, 2) if layout == "NCHW" else (4, 5, 2, 3)
+    tb = torch.nn.BatchNorm2d(3, momentum=momentum, affine=affine,
+                              track_running_stats=track).double()
+    bn = cbn.BatchNorm(3, momentum=momentum, affine=affine, track_running_stats=track,
+                       layout=layout, dtype=np.float64)
+    for step, mode in enumerate([True, True, False, True, False, False, True]):
+        tb.train(mode)
+        assert bn.train(mode) is bn
+        x = rng.normal(size=shape) * (step + 1) + step
+        ty = tb(torch.from_numpy(to_nchw(x, layout).copy()))
+        np.testing.assert_allclose(to_nchw(bn(x), layout), ty.detach().numpy(),
+                                   rtol=1e-10, atol=1e-12)
+    assert set(bn.state_dict()) == set(tb.state_dict())
+    for k, a in bn.state_dict().items():
+        np.testing.assert_allclose(a, tb.state_dict()[k].numpy(), rtol=1e-12)
+        assert a.dtype == tb.state_dict()[k].numpy().dtype
+
+
+def test_state_dict_moves_cbn_torch_cbn(rng):
+    torch = pytest.importorskip("torch")
+    bn = cbn.BatchNorm(3, momentum=None)
+    bn.weight[...] = rng.uniform(0.5, 2, 3)
+    for _ in range(3):
+        bn(rng.normal(size=(4, 3, 5, 5)).astype(np.float32))
+    tb = torch.nn.BatchNorm2d(3)
+    tb.load_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in bn.state_dict().items()})
+    back = cbn.BatchNorm(3)
+    back.load_state_dict({k: t.numpy() for k, t in tb.state_dict().items()})
+    for k, a in bn.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], a)
+    assert back.num_batches_tracked == 3
+    x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(back.eval()(x),
+                               tb.eval()(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)

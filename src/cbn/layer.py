@@ -1,10 +1,14 @@
 """cbn.BatchNorm: the stateful batch-normalization layer (PyTorch's BatchNorm semantics)."""
+from collections import namedtuple
+
 import numpy as np
 
 from . import _api
 from . import _validate as v
 
 __all__ = ["BatchNorm"]
+
+_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class BatchNorm:
@@ -92,7 +96,13 @@ class BatchNorm:
 
     def forward(self, x):
         """y = BN(x): batch statistics (and a running update) in training mode, running
-        statistics in eval mode."""
+        statistics in eval mode (batch statistics when track_running_stats=False).
+
+        For ``backward``, a forward that uses batch statistics keeps a reference to ``x`` (not
+        a copy: no extra memory), and to ``y`` when ``activation="relu"``, plus copies of the
+        saved mean/invstd and of ``weight``. Do not modify ``x`` (or ``y``) in place before
+        ``backward``; pass ``x.copy()`` if you must.
+        """
         x = _check_input(self, x)
         if not self.training and self.track_running_stats:
             self._saved = None
@@ -118,7 +128,9 @@ class BatchNorm:
         return self.forward(x)
 
     def backward(self, dy):
-        """dx for the last training-mode forward; sets grad_weight and grad_bias."""
+        """dx for the last forward that used batch statistics; sets grad_weight and grad_bias
+        (None when affine=False). RuntimeError when there is none (no forward yet, or the last
+        forward was an eval-mode one with running statistics)."""
         if self._saved is None:
             raise RuntimeError("backward() needs a forward() that used batch statistics first "
                                "(training mode)")
@@ -142,27 +154,50 @@ class BatchNorm:
             d["num_batches_tracked"] = np.asarray(self.num_batches_tracked, np.int64)
         return d
 
-    def load_state_dict(self, d):
-        """Load a state_dict (this layer's keys exactly, as PyTorch's strict=True)."""
-        want = set(self.state_dict())
-        got = set(d)
-        if want != got:
-            raise ValueError(f"state_dict keys must be {sorted(want)}, got {sorted(got)}")
-        for k in want - {"num_batches_tracked"}:
-            a = np.asarray(d[k])
-            if a.shape != (self.num_features,):
-                raise ValueError(f"{k} must have shape ({self.num_features},), got {a.shape}")
-        for k in want - {"num_batches_tracked"}:
-            getattr(self, k)[...] = np.asarray(d[k], self.dtype)
-        if "num_batches_tracked" in d:
-            self.num_batches_tracked = int(d["num_batches_tracked"])
+    def load_state_dict(self, state_dict, strict=True):
+        """Load parameters and buffers saved by ``state_dict()`` here or by
+        ``torch.nn.BatchNorm*d`` (NumPy arrays, or anything ``np.asarray`` accepts).
+
+        strict=True (as PyTorch): the keys must be exactly this layer's (which depend on
+        ``affine`` and ``track_running_stats``). strict=False: missing keys keep their value and
+        unexpected keys are ignored. Every value is checked before any is written (shape
+        ``(num_features,)``, real numbers; ``num_batches_tracked`` a non-negative integer
+        scalar): on an error the layer is unchanged. Values are cast to the layer's dtype.
+
+        Returns ``(missing_keys, unexpected_keys)`` as PyTorch does.
+        """
+        want = list(self.state_dict())
+        missing = [k for k in want if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in want]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state_dict keys must be {want}, got {list(state_dict)} "
+                             f"(missing {missing}, unexpected {unexpected})")
+        arrays = {}
+        for k in want:
+            if k not in state_dict:
+                continue
+            if k == "num_batches_tracked":
+                n = np.asarray(state_dict[k])
+                if n.shape != () or n.dtype.kind not in "iu" or int(n) < 0:
+                    raise ValueError("num_batches_tracked must be a non-negative integer scalar "
+                                     f"(0-d array or int), got {n!r}")
+                arrays[k] = int(n)
+            else:
+                arrays[k] = v.channel_param(state_dict[k], k, self.num_features, self.dtype)
+        for k, a in arrays.items():
+            if k == "num_batches_tracked":
+                self.num_batches_tracked = a
+            else:
+                getattr(self, k)[...] = a
+        return _IncompatibleKeys(missing, unexpected)
 
     def save(self, path):
         """Write state_dict() to an .npz file."""
         np.savez(path, **self.state_dict())
 
     def load(self, path):
-        """Read an .npz written by save() into this layer (same configuration)."""
+        """Read an .npz written by save() into this layer (an instance method: build the layer
+        with the same num_features/affine/track_running_stats first); returns the layer."""
         with np.load(path) as f:
             self.load_state_dict(dict(f))
         return self
