@@ -38,6 +38,7 @@ extension = Extension(
 setup(
     ext_modules=cythonize(
         [extension],
+        include_path=["src"],          # cbn/cbn.pxd, the one declaration of the C API
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
                              "cdivision": True},
     ),

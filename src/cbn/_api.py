@@ -101,10 +101,7 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
 
 def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", y=None,
                         activation=None, out=None, n_threads=None):
-    x = v.float_array(x, "x")
-    dy = v.float_array(dy, "dy")
-    v.same_dtype(dy, "dy", x, "x")
-    v.same_shape(dy, "dy", x, "x")
+    dy, x = v.gradient_and_input(dy, x)
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
     dtype = x.dtype
@@ -113,14 +110,7 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     save_mean = v.channel_param(save_mean, "save_mean", C, dtype)
     save_invstd = v.channel_param(save_invstd, "save_invstd", C, dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
-    if v.relu(activation):
-        if y is None:
-            raise ValueError("activation='relu' needs y, the output of the forward pass")
-        y = v.float_array(y, "y")
-        v.same_dtype(y, "y", x, "x")
-        v.same_shape(y, "y", x, "x")
-    else:
-        y = None          # without an activation y is not needed (and not read)
+    y = v.relu_output(y, activation, x)
     dx = v.output(out, x.shape, dtype, like=x)
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, dx)

@@ -10,81 +10,9 @@ from libc.stdint cimport int64_t
 
 cnp.import_array()
 
-cdef extern from "cbn.h" nogil:
-    ctypedef enum cbn_layout:
-        CBN_CHANNELS_FIRST
-        CBN_CHANNELS_LAST
-    ctypedef enum cbn_activation:
-        CBN_ACTIVATION_NONE
-        CBN_ACTIVATION_RELU
-    const char *cbn_error_string(int code)
-    int cbn_openmp_enabled()
-    int cbn_max_threads()
-    int cbn_train_forward_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
-                              cbn_layout layout, const float *weight, const float *bias,
-                              float *running_mean, float *running_var, double momentum,
-                              double eps, int unbiased_running_var, float *save_mean,
-                              float *save_invstd, cbn_activation activation, int n_threads)
-    int cbn_train_forward_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
-                              cbn_layout layout, const double *weight, const double *bias,
-                              double *running_mean, double *running_var, double momentum,
-                              double eps, int unbiased_running_var, double *save_mean,
-                              double *save_invstd, cbn_activation activation, int n_threads)
-    int cbn_backward_f32(const float *dy, const float *x, const float *save_mean,
-                         const float *save_invstd, const float *weight, const float *y,
-                         cbn_activation activation, float *dx, float *dweight, float *dbias,
-                         int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
-    int cbn_backward_f64(const double *dy, const double *x, const double *save_mean,
-                         const double *save_invstd, const double *weight, const double *y,
-                         cbn_activation activation, double *dx, double *dweight, double *dbias,
-                         int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
-    int cbn_infer_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
-                      cbn_layout layout, const float *running_mean, const float *running_var,
-                      const float *weight, const float *bias, double eps,
-                      cbn_activation activation, int n_threads)
-    int cbn_infer_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
-                      cbn_layout layout, const double *running_mean, const double *running_var,
-                      const double *weight, const double *bias, double eps,
-                      cbn_activation activation, int n_threads)
-    int cbn_fold_scale_shift_f32(int64_t C, const float *running_mean, const float *running_var,
-                                 const float *weight, const float *bias, double eps,
-                                 float *scale, float *shift)
-    int cbn_fold_scale_shift_f64(int64_t C, const double *running_mean,
-                                 const double *running_var, const double *weight,
-                                 const double *bias, double eps, double *scale, double *shift)
-    int cbn_batch_stats_f32(const float *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
-                            double *mean, double *m2, int n_threads)
-    int cbn_batch_stats_f64(const double *x, int64_t N, int64_t C, int64_t S,
-                            cbn_layout layout, double *mean, double *m2, int n_threads)
-    int cbn_combine_stats(int64_t P, int64_t C, const double *count, const double *mean,
-                          const double *m2, double *count_out, double *mean_out,
-                          double *m2_out)
-    int cbn_normalize_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,
-                          cbn_layout layout, const double *mean, const double *invstd,
-                          const float *weight, const float *bias, cbn_activation activation,
-                          int n_threads)
-    int cbn_normalize_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
-                          cbn_layout layout, const double *mean, const double *invstd,
-                          const double *weight, const double *bias, cbn_activation activation,
-                          int n_threads)
-    int cbn_backward_reduce_f32(const float *dy, const float *x, const float *mean,
-                                const float *y, cbn_activation activation, int64_t N,
-                                int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
-                                double *sum_dy_xmu, int n_threads)
-    int cbn_backward_reduce_f64(const double *dy, const double *x, const double *mean,
-                                const double *y, cbn_activation activation, int64_t N,
-                                int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
-                                double *sum_dy_xmu, int n_threads)
-    int cbn_backward_dx_f32(const float *dy, const float *x, const float *mean,
-                            const float *invstd, const float *weight, const float *y,
-                            cbn_activation activation, const double *sum_dy,
-                            const double *sum_dy_xmu, double count, float *dx, int64_t N,
-                            int64_t C, int64_t S, cbn_layout layout, int n_threads)
-    int cbn_backward_dx_f64(const double *dy, const double *x, const double *mean,
-                            const double *invstd, const double *weight, const double *y,
-                            cbn_activation activation, const double *sum_dy,
-                            const double *sum_dy_xmu, double count, double *dx, int64_t N,
-                            int64_t C, int64_t S, cbn_layout layout, int n_threads)
+# The C API is declared once, in cbn.pxd (which other Cython code cimports too).
+from cbn.cbn cimport *
+
 
 cdef extern from "copy_yardstick.h" nogil:
     void cbn_yardstick_copy(void *dst, const void *src, int64_t nbytes, int n_threads)

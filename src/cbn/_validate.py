@@ -172,6 +172,28 @@ def same_dtype(a, a_name, b, b_name):
         raise TypeError(f"{a_name} must have the dtype of {b_name} ({b.dtype}), got {a.dtype}")
 
 
+def gradient_and_input(dy, x):
+    """(dy, x) as float arrays of one dtype and one shape."""
+    x = float_array(x, "x")
+    dy = float_array(dy, "dy")
+    same_dtype(dy, "dy", x, "x")
+    same_shape(dy, "dy", x, "x")
+    return dy, x
+
+
+def relu_output(y, activation, x):
+    """The forward output that a fused ReLU's gradient needs, checked against x; None without
+    an activation (y is then not needed, and not read)."""
+    if not relu(activation):
+        return None
+    if y is None:
+        raise ValueError("activation='relu' needs y, the output of the forward pass")
+    y = float_array(y, "y")
+    same_dtype(y, "y", x, "x")
+    same_shape(y, "y", x, "x")
+    return y
+
+
 def check_status(rc):
     """Turn a C status code into an exception (validation above makes these rare)."""
     if rc == 0:

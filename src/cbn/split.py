@@ -109,18 +109,6 @@ def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCH
     return y
 
 
-def _relu_output(y, activation, x):
-    """The forward output a fused ReLU's gradient needs, or None without an activation."""
-    if not v.relu(activation):
-        return None
-    if y is None:
-        raise ValueError("activation='relu' needs y, the output of the forward pass")
-    y = v.float_array(y, "y")
-    v.same_dtype(y, "y", x, "x")
-    v.same_shape(y, "y", x, "x")
-    return v.contiguous_input(y)
-
-
 def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="NCHW",
                                n_threads=None):
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` in float64 (dy masked by ``y > 0``
@@ -128,18 +116,17 @@ def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="
 
     mean is the forward's save_mean (cast to x's dtype).
     """
-    x = v.float_array(x, "x")
-    dy = v.float_array(dy, "dy")
-    v.same_dtype(dy, "dy", x, "x")
-    v.same_shape(dy, "dy", x, "x")
+    dy, x = v.gradient_and_input(dy, x)
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
     mean = v.channel_param(mean, "mean", C, x.dtype)
     if mean is None:
         raise ValueError("mean (the forward's save_mean) is required")
-    y = _relu_output(y, activation, x)
+    y = v.relu_output(y, activation, x)
     n_threads = _resolve(n_threads)
     x, dy = v.contiguous_input(x), v.contiguous_input(dy)
+    if y is not None:
+        y = v.contiguous_input(y)
     sum_dy = np.empty(C, _F64)
     sum_dy_xmu = np.empty(C, _F64)
     v.check_status(_core.backward_reduce(dy, x, mean, y, N, C, S, cl, sum_dy, sum_dy_xmu,
@@ -155,10 +142,7 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weigh
     g = dy (masked by ``y > 0`` with ``activation="relu"``). mean and invstd are the forward's
     save_mean and save_invstd (cast to x's dtype); ``out=dy`` works in place.
     """
-    x = v.float_array(x, "x")
-    dy = v.float_array(dy, "dy")
-    v.same_dtype(dy, "dy", x, "x")
-    v.same_shape(dy, "dy", x, "x")
+    dy, x = v.gradient_and_input(dy, x)
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
     if mean is None or invstd is None:
@@ -171,7 +155,7 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weigh
     count = float(count)
     if not count > 0:
         raise ValueError(f"count must be > 0 (values per channel over all processes), got {count}")
-    y = _relu_output(y, activation, x)
+    y = v.relu_output(y, activation, x)
     dx = v.output(out, x.shape, x.dtype, like=x)
     n_threads = _resolve(n_threads)
     x, dy = v.contiguous_input(x, dx), v.contiguous_input(dy, dx)
