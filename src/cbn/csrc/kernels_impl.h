@@ -775,6 +775,15 @@ static int FN(check_shape)(const void *x, const void *out, int64_t N, int64_t C,
     return CBN_OK;
 }
 
+/* CBN_OK for a known activation; a fused ReLU's gradient also needs its output y when there are
+ * values (n_values > 0). Forward calls pass y = NULL, n_values = 0. */
+static int FN(check_activation)(cbn_activation activation, const T *y, int64_t n_values)
+{
+    if (activation == CBN_ACTIVATION_NONE) return CBN_OK;
+    if (activation != CBN_ACTIVATION_RELU) return CBN_ERR_ARGUMENT;
+    return n_values > 0 && !y ? CBN_ERR_ARGUMENT : CBN_OK;
+}
+
 /* Plan the call and allocate its scratch in one block: partials, pivots, channel sums and
  * coefficient arrays. */
 static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layout layout,
@@ -837,8 +846,7 @@ int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn
 {
     int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
     if (rc) return rc;
-    if (activation != CBN_ACTIVATION_NONE && activation != CBN_ACTIVATION_RELU)
-        return CBN_ERR_ARGUMENT;
+    if ((rc = FN(check_activation)(activation, NULL, 0))) return rc;
     if (!(eps >= 0.0) || !(momentum >= 0.0 && momentum <= 1.0)) return CBN_ERR_ARGUMENT;
     if ((running_mean == NULL) != (running_var == NULL)) return CBN_ERR_ARGUMENT;
     if (N * S <= 1) return CBN_ERR_TOO_FEW_VALUES;
@@ -870,8 +878,7 @@ int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
     if (rc) return rc;
-    if (activation == CBN_ACTIVATION_RELU ? (N * C * S > 0 && !y) : activation != CBN_ACTIVATION_NONE)
-        return CBN_ERR_ARGUMENT;
+    if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
     if (C > 0 && (!dy || !save_mean || !save_invstd)) return CBN_ERR_ARGUMENT;
     if (C == 0) return CBN_OK;
     if (N * S == 0) {        /* empty batch: the parameters get zero gradients */
@@ -928,8 +935,7 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
 {
     int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
     if (rc) return rc;
-    if (activation != CBN_ACTIVATION_NONE && activation != CBN_ACTIVATION_RELU)
-        return CBN_ERR_ARGUMENT;
+    if ((rc = FN(check_activation)(activation, NULL, 0))) return rc;
     if (!(eps >= 0.0)) return CBN_ERR_ARGUMENT;
     if (C > 0 && (!running_mean || !running_var)) return CBN_ERR_ARGUMENT;
     if (N * C * S == 0) return CBN_OK;
@@ -982,8 +988,7 @@ int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_lay
 {
     int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
     if (rc) return rc;
-    if (activation != CBN_ACTIVATION_NONE && activation != CBN_ACTIVATION_RELU)
-        return CBN_ERR_ARGUMENT;
+    if ((rc = FN(check_activation)(activation, NULL, 0))) return rc;
     if (C > 0 && (!mean || !invstd)) return CBN_ERR_ARGUMENT;
     if (N * C * S == 0) return CBN_OK;
     FN(job) jb;
@@ -1011,8 +1016,7 @@ int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
 {
     int rc = FN(check_shape)(x, dy, N, C, S, layout, n_threads);
     if (rc) return rc;
-    if (activation == CBN_ACTIVATION_RELU ? (N * C * S > 0 && !y) : activation != CBN_ACTIVATION_NONE)
-        return CBN_ERR_ARGUMENT;
+    if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
     if (C > 0 && (!mean || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
     if (C == 0) return CBN_OK;
     if (N * S == 0) {
@@ -1042,8 +1046,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
     if (rc) return rc;
-    if (activation == CBN_ACTIVATION_RELU ? (N * C * S > 0 && !y) : activation != CBN_ACTIVATION_NONE)
-        return CBN_ERR_ARGUMENT;
+    if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
     if (C > 0 && (!dy || !mean || !invstd || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
     if (!(count > 0.0)) return CBN_ERR_ARGUMENT;
     if (N * C * S == 0) return CBN_OK;
