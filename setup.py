@@ -18,7 +18,10 @@ from openmp_probe import arch_flags, openmp_flags  # noqa: E402
 omp_compile, omp_link = openmp_flags()
 # -ffp-contract=off: a*b+c is never fused behind our back, so every build of the same source
 # rounds the same way. Never -ffast-math: it would reorder the fixed-order reductions.
-cflags = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno"] + arch_flags() + omp_compile
+# -fno-trapping-math: selects such as the ReLU gradient's (y > 0 ? dy : 0) may be computed as
+# vector blends; cbn never reads floating-point exception flags, and no value changes.
+cflags = (["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+          + arch_flags() + omp_compile)
 
 print("cbn: C flags: " + " ".join(cflags), file=sys.stderr)
 

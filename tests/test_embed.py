@@ -4,8 +4,8 @@ the Python API.
 The program is compiled twice from the repository's sources:
 
 * with the flags setup.py gives the extension (same compiler, -O3 -std=c99 -ffp-contract=off
-  -fno-math-errno, -march=native unless CBN_PORTABLE=1, -fopenmp when cbn has OpenMP, else
-  -fopenmp-simd). That is the same machine code for the kernels, so every output must be
+  -fno-math-errno -fno-trapping-math, -march=native unless CBN_PORTABLE=1, -fopenmp when cbn
+  has OpenMP, else -fopenmp-simd). That is the same machine code for the kernels, so every output must be
   bit-identical to what cbn.batch_norm_train / batch_norm_backward / batch_norm_infer return on
   the same input. The thread count does not matter (results are bit-identical for every
   n_threads), and -ffp-contract=off rules out fused multiply-adds the compiler could choose
@@ -54,7 +54,7 @@ def _kernel_sources():
 def _extension_flags():
     """setup.py's flags (see setup.py and tools/openmp_probe.py): -fopenmp, or -fopenmp-simd
     for a serial build, so that the `omp simd` loops are vectorized the same way."""
-    flags = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno"]
+    flags = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
     if os.environ.get("CBN_PORTABLE") != "1":
         flags.append("-march=native")
     flags.append("-fopenmp" if cbn.openmp_enabled() else "-fopenmp-simd")
