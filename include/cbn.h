@@ -11,7 +11,8 @@
  * examples/embed.c and examples/Makefile show the exact command).
  * The Python build uses the same sources with -O3 -std=c99 -ffp-contract=off -fno-math-errno
  * -fno-trapping-math -fopenmp [-march=native]: with those flags and the same compiler, an
- * embedded build returns the bits the Python package returns. Never use -ffast-math (it reorders the fixed-order sums).
+ * embedded build returns the bits the Python package returns. Never use -ffast-math (it
+ * reorders the fixed-order sums).
  * Without -fopenmp the library is serial and otherwise identical (cbn_openmp_enabled() == 0).
  * An installed Python package ships this header in the directory cbn.get_include() returns, the
  * kernel sources in cbn/csrc/, and a Cython declaration file: `from cbn.cbn cimport ...`.
