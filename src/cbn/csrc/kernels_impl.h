@@ -93,7 +93,9 @@ static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, d
 
 /* The gradient reaching batch norm: dy, or dy where y > 0 and 0 elsewhere when a fused ReLU
  * produced y (y == NULL: no activation). */
-#define GRAD(dy, y, i) ((y) ? ((y)[i] > 0 ? (dy)[i] : (T)0) : (dy)[i])
+static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
+/* Both values are loaded unconditionally, so the select vectorizes as a blend. */
+#define GRAD(dy, y, i) ((y) ? FN(relu_grad)((dy)[i], (y)[i]) : (dy)[i])
 
 /* s[0] += sum(g), s[1] += sum(g * (x - mean)), g = GRAD(dy, y) */
 static void FN(run_dy_sums)(const T *restrict dy, const T *restrict y, const T *restrict x,
@@ -103,7 +105,7 @@ static void FN(run_dy_sums)(const T *restrict dy, const T *restrict y, const T *
     if (y) {
 #pragma omp simd reduction(+ : a, q)
         for (int64_t i = 0; i < n; i++) {
-            const double g = (double)(y[i] > 0 ? dy[i] : (T)0);
+            const double g = (double)FN(relu_grad)(dy[i], y[i]);
             a += g;
             q += g * ((double)x[i] - mean);
         }
@@ -129,7 +131,7 @@ static void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T 
         if (y) {
 #pragma omp simd
             for (int64_t i = 0; i < n; i++)
-                out[i] = scale * (y[i] > 0 ? dy[i] : (T)0) + b * (x[i] - center) + shift;
+                out[i] = scale * FN(relu_grad)(dy[i], y[i]) + b * (x[i] - center) + shift;
         } else {
 #pragma omp simd
             for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + b * (x[i] - center) + shift;
