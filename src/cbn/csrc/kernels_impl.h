@@ -75,20 +75,57 @@ typedef struct {
 } FN(job);
 
 /* ---- contiguous-run primitives -------------------------------------------------------------
- * `omp simd reduction` vectorizes the double accumulations in an order fixed at compile time. */
+ * The reductions keep LANES partial sums, element i going to lane i % LANES, and add the lanes
+ * in lane order at the end. The summation order is thus fixed by this source, not by a
+ * compiler's choice of vector width, and the independent accumulators hide the latency of the
+ * double adds. A run's `ahead` (0: none) is the distance in elements to the data that will be
+ * summed after it; each step prefetches the matching cache lines there, so the next run is
+ * fetched as steadily as this one is read. The hardware prefetcher does not follow the jump
+ * between one channel's runs. */
+#define LANES 16
+
+/* the cache lines of one step's LANES values at p */
+static inline void FN(prefetch_step)(const T *p)
+{
+#if defined(__GNUC__)
+    for (size_t b = 0; b < LANES * sizeof(T); b += 64) __builtin_prefetch((const char *)p + b, 0, 3);
+#else
+    (void)p;
+#endif
+}
+
+static inline void FN(add_lanes)(const double *a, const double *q, double *s)
+{
+    double ta = 0.0, tq = 0.0;
+    for (int j = 0; j < LANES; j++) {
+        ta += a[j];
+        tq += q[j];
+    }
+    s[0] += ta;
+    s[1] += tq;
+}
 
 /* s[0] += sum(x - pivot), s[1] += sum((x - pivot)^2) */
-static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, double *s)
+static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, int64_t ahead,
+                                 double *s)
 {
-    double a = 0.0, q = 0.0;
-#pragma omp simd reduction(+ : a, q)
-    for (int64_t i = 0; i < n; i++) {
-        const double d = (double)p[i] - pivot;
-        a += d;
-        q += d * d;
+    double a[LANES] = {0.0}, q[LANES] = {0.0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        if (ahead) FN(prefetch_step)(p + i + ahead);
+#pragma omp simd
+        for (int j = 0; j < LANES; j++) {
+            const double d = (double)p[i + j] - pivot;
+            a[j] += d;
+            q[j] += d * d;
+        }
     }
-    s[0] += a;
-    s[1] += q;
+    for (int j = 0; i + j < n; j++) {
+        const double d = (double)p[i + j] - pivot;
+        a[j] += d;
+        q[j] += d * d;
+    }
+    FN(add_lanes)(a, q, s);
 }
 
 /* The gradient reaching batch norm: dy, or dy where y > 0 and 0 elsewhere when a fused ReLU
@@ -97,28 +134,40 @@ static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
 /* Both values are loaded unconditionally, so the select vectorizes as a blend. */
 #define GRAD(dy, y, i) ((y) ? FN(relu_grad)((dy)[i], (y)[i]) : (dy)[i])
 
-/* s[0] += sum(g), s[1] += sum(g * (x - mean)), g = GRAD(dy, y) */
-static void FN(run_dy_sums)(const T *restrict dy, const T *restrict y, const T *restrict x,
-                            int64_t n, double mean, double *s)
+/* s[0] += sum(g), s[1] += sum(g * (x - mean)), g = GRAD(dy, y). Written once; the call below
+ * specializes it for y == NULL and y != NULL, so the mask costs nothing without activation. */
+static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict y,
+                                        const T *restrict x, int64_t n, double mean,
+                                        int64_t ahead, double *s)
 {
-    double a = 0.0, q = 0.0;
-    if (y) {
-#pragma omp simd reduction(+ : a, q)
-        for (int64_t i = 0; i < n; i++) {
-            const double g = (double)FN(relu_grad)(dy[i], y[i]);
-            a += g;
-            q += g * ((double)x[i] - mean);
+    double a[LANES] = {0.0}, q[LANES] = {0.0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        if (ahead) {
+            FN(prefetch_step)(dy + i + ahead);
+            FN(prefetch_step)(x + i + ahead);
+            if (y) FN(prefetch_step)(y + i + ahead);
         }
-    } else {
-#pragma omp simd reduction(+ : a, q)
-        for (int64_t i = 0; i < n; i++) {
-            const double g = (double)dy[i];
-            a += g;
-            q += g * ((double)x[i] - mean);
+#pragma omp simd
+        for (int j = 0; j < LANES; j++) {
+            const double g = (double)GRAD(dy, y, i + j);
+            a[j] += g;
+            q[j] += g * ((double)x[i + j] - mean);
         }
     }
-    s[0] += a;
-    s[1] += q;
+    for (int j = 0; i + j < n; j++) {
+        const double g = (double)GRAD(dy, y, i + j);
+        a[j] += g;
+        q[j] += g * ((double)x[i + j] - mean);
+    }
+    FN(add_lanes)(a, q, s);
+}
+
+static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, double mean,
+                            int64_t ahead, double *s)
+{
+    if (y) FN(run_dy_sums_body)(dy, y, x, n, mean, ahead, s);
+    else FN(run_dy_sums_body)(dy, NULL, x, n, mean, ahead, s);
 }
 
 /* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
@@ -260,25 +309,20 @@ static inline int64_t cf_chunk_end(const cbn_plan *p, int64_t k)
                  off = cf_piece(p, c, m_, m_end_, &len);                                        \
          m_ < m_end_; m_ += len, off = m_ < m_end_ ? cf_piece(p, c, m_, m_end_, &len) : 0)
 
-/* Asks for the cache lines of [p, p + n) ahead of use. The hardware prefetcher follows a stream
- * within a page but not the jump from one channel's run to the next, so the reduce passes name
- * the next run themselves. */
-static inline void FN(prefetch)(const T *p, int64_t n)
+/* Sums of one piece; ahead: see the run primitives. */
+static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off, int64_t len,
+                                       double pivot, int64_t ahead, double *acc)
 {
-#if defined(__GNUC__)
-    const char *b = (const char *)p, *e = (const char *)(p + n);
-    for (; b < e; b += 64) __builtin_prefetch(b, 0, 3);
-#else
-    (void)p, (void)n;
-#endif
+    if (jb->op == OP_TRAIN) FN(run_shifted_sums)(jb->x + off, len, pivot, ahead, acc);
+    else FN(run_dy_sums)(jb->dy + off, jb->y ? jb->y + off : NULL, jb->x + off, len,
+                         (double)jb->in_mean[c], ahead, acc);
 }
 
-static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off, int64_t len,
-                                       double pivot, double *acc)
+/* Distance from a piece at `off` to the same place in the next run of its channel, or 0 when it
+ * is in the last run. */
+static inline int64_t cf_ahead(const cbn_plan *p, int64_t off)
 {
-    if (jb->op == OP_TRAIN) FN(run_shifted_sums)(jb->x + off, len, pivot, acc);
-    else FN(run_dy_sums)(jb->dy + off, jb->y ? jb->y + off : NULL, jb->x + off, len,
-                         (double)jb->in_mean[c], acc);
+    return off / (p->C * p->S) + 1 < p->N ? p->C * p->S : 0;
 }
 
 /* Partials of chunk k of channel c (pivot: training's shift). */
@@ -286,7 +330,8 @@ static void FN(cf_reduce_chunk)(const FN(job) *jb, int64_t c, int64_t k, double 
                                 double *acc)
 {
     acc[0] = acc[1] = 0.0;
-    CF_FOR_PIECES(&jb->plan, c, k, off, len) FN(cf_reduce_piece)(jb, c, off, len, pivot, acc);
+    CF_FOR_PIECES(&jb->plan, c, k, off, len)
+        FN(cf_reduce_piece)(jb, c, off, len, pivot, cf_ahead(&jb->plan, off), acc);
 }
 
 /* Partials of channels [c0, c1) in storage order (n outer): long contiguous streams that the
@@ -300,16 +345,12 @@ static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, doubl
         for (int64_t c = c0; c < c1; c++) {
             const int64_t base = (n * p->C + c) * S;
             const double pivot = jb->op == OP_TRAIN ? jb->pivot[c] : 0.0;
-            if (n + 1 < p->N) {      /* the start of the same channel's next run */
-                const int64_t ahead = S < CBN_PREFETCH_VALUES ? S : CBN_PREFETCH_VALUES;
-                FN(prefetch)(jb->x + base + p->C * S, ahead);
-                if (jb->dy) FN(prefetch)(jb->dy + base + p->C * S, ahead);
-            }
+            const int64_t ahead = n + 1 < p->N ? p->C * S : 0;
             for (int64_t s = 0; s < S;) {
                 const int64_t m = n * S + s, k = m / p->chunk;
                 int64_t len = (k + 1) * p->chunk - m;
                 if (len > S - s) len = S - s;
-                FN(cf_reduce_piece)(jb, c, base + s, len, pivot, part + 2 * (c * K + k));
+                FN(cf_reduce_piece)(jb, c, base + s, len, pivot, ahead, part + 2 * (c * K + k));
                 s += len;
             }
         }
@@ -1074,6 +1115,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
 }
 
 #undef CF_FOR_PIECES
+#undef LANES
 #undef GRAD
 #undef FN
 #undef CAT

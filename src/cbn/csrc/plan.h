@@ -23,9 +23,6 @@
  * CBN_COLUMN_WIDTH columns (whole channels) at a time. */
 #define CBN_COLUMN_MAX_S 256
 #define CBN_COLUMN_WIDTH 4096
-/* Values of the next run that the channels-first reduce prefetches (its first 2 KiB of floats:
- * enough for the hardware prefetcher to take over). */
-#define CBN_PREFETCH_VALUES 512
 /* Outputs of at least this many bytes are written with streaming stores: they would not stay
  * in cache anyway, and streaming saves reading each output line before writing it. */
 #ifndef CBN_STREAM_MIN_BYTES
