@@ -517,22 +517,36 @@ static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
     return t;
 }
 
+/* Rows of a tile lie C values apart. When that is farther than the tile is wide, the hardware
+ * prefetcher does not follow from one row to the next, so a step over rows [r, r + 4) asks,
+ * for each LANES columns [j, j + LANES) it reads, for the same columns of the next step's rows. */
+static inline void FN(prefetch_next_rows)(const T *p, int64_t C, int64_t r, int64_t r_end,
+                                          int64_t j)
+{
+    for (int64_t i = r + 4; i < r + 8 && i < r_end; i++) FN(prefetch_step)(p + i * C + j);
+}
+
 /* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
  * Four rows per step keep the accumulators' memory traffic below the data's. */
 static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double *restrict pivot,
                                 double *restrict s, double *restrict q)
 {
+    const int far = C > t.w;
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
                 *restrict x3 = x2 + C;
+        for (int64_t j0 = 0; j0 < t.w; j0 += LANES) {
+            const int64_t j1 = j0 + LANES < t.w ? j0 + LANES : t.w;
+            if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0);
 #pragma omp simd
-        for (int64_t j = 0; j < t.w; j++) {
-            const double p = pivot[j];
-            const double d0 = (double)x0[j] - p, d1 = (double)x1[j] - p, d2 = (double)x2[j] - p,
-                         d3 = (double)x3[j] - p;
-            s[j] += (d0 + d1) + (d2 + d3);
-            q[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+            for (int64_t j = j0; j < j1; j++) {
+                const double p = pivot[j];
+                const double d0 = (double)x0[j] - p, d1 = (double)x1[j] - p,
+                             d2 = (double)x2[j] - p, d3 = (double)x3[j] - p;
+                s[j] += (d0 + d1) + (d2 + d3);
+                q[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+            }
         }
     }
     for (; r < t.r1; r++) {
@@ -553,17 +567,26 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
                                        const T *restrict mean, double *restrict s,
                                        double *restrict q)
 {
+    const int far = C > t.w;
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        for (int64_t j0 = 0; j0 < t.w; j0 += LANES) {
+            const int64_t j1 = j0 + LANES < t.w ? j0 + LANES : t.w;
+            if (far) {
+                FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0);
+                FN(prefetch_next_rows)(dy + t.c0, C, r, t.r1, j0);
+                if (y) FN(prefetch_next_rows)(y + t.c0, C, r, t.r1, j0);
+            }
 #pragma omp simd
-        for (int64_t j = 0; j < t.w; j++) {
-            const double m = (double)mean[j];
-            const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
-                         e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
-            s[j] += (e0 + e1) + (e2 + e3);
-            q[j] += (e0 * ((double)x[o0 + j] - m) + e1 * ((double)x[o1 + j] - m)) +
-                    (e2 * ((double)x[o2 + j] - m) + e3 * ((double)x[o3 + j] - m));
+            for (int64_t j = j0; j < j1; j++) {
+                const double m = (double)mean[j];
+                const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
+                             e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
+                s[j] += (e0 + e1) + (e2 + e3);
+                q[j] += (e0 * ((double)x[o0 + j] - m) + e1 * ((double)x[o1 + j] - m)) +
+                        (e2 * ((double)x[o2 + j] - m) + e3 * ((double)x[o3 + j] - m));
+            }
         }
     }
     for (; r < t.r1; r++) {
