@@ -82,7 +82,7 @@ typedef struct {
  * summed after it; each step prefetches the matching cache lines there, so the next run is
  * fetched as steadily as this one is read. The hardware prefetcher does not follow the jump
  * between one channel's runs. */
-#define LANES 16
+#define LANES 16               /* add_lanes is written for 16 */
 
 /* the cache lines of one step's LANES values at p */
 static inline void FN(prefetch_step)(const T *p)
@@ -94,15 +94,17 @@ static inline void FN(prefetch_step)(const T *p)
 #endif
 }
 
-static inline void FN(add_lanes)(const double *a, const double *q, double *s)
+/* s[0] += the lanes of a plus ta, s[1] += those of q plus tq. The lanes are added pairwise
+ * (half of them onto the other half, and again): a short dependency chain, since runs can be
+ * short. Constant bounds throughout, so the lanes stay in registers. */
+static inline void FN(add_lanes)(const double *a, const double *q, double ta, double tq,
+                                 double *s)
 {
-    double ta = 0.0, tq = 0.0;
-    for (int j = 0; j < LANES; j++) {
-        ta += a[j];
-        tq += q[j];
-    }
-    s[0] += ta;
-    s[1] += tq;
+    double a8[8], q8[8], a4[4], q4[4];
+    for (int j = 0; j < 8; j++) a8[j] = a[j] + a[j + 8], q8[j] = q[j] + q[j + 8];
+    for (int j = 0; j < 4; j++) a4[j] = a8[j] + a8[j + 4], q4[j] = q8[j] + q8[j + 4];
+    s[0] += ((a4[0] + a4[2]) + (a4[1] + a4[3])) + ta;
+    s[1] += ((q4[0] + q4[2]) + (q4[1] + q4[3])) + tq;
 }
 
 /* s[0] += sum(x - pivot), s[1] += sum((x - pivot)^2) */
@@ -120,12 +122,13 @@ static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, i
             q[j] += d * d;
         }
     }
-    for (int j = 0; i + j < n; j++) {
-        const double d = (double)p[i + j] - pivot;
-        a[j] += d;
-        q[j] += d * d;
+    double ta = 0.0, tq = 0.0;           /* the last n % LANES values */
+    for (; i < n; i++) {
+        const double d = (double)p[i] - pivot;
+        ta += d;
+        tq += d * d;
     }
-    FN(add_lanes)(a, q, s);
+    FN(add_lanes)(a, q, ta, tq, s);
 }
 
 /* The gradient reaching batch norm: dy, or dy where y > 0 and 0 elsewhere when a fused ReLU
@@ -155,12 +158,13 @@ static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict 
             q[j] += g * ((double)x[i + j] - mean);
         }
     }
-    for (int j = 0; i + j < n; j++) {
-        const double g = (double)GRAD(dy, y, i + j);
-        a[j] += g;
-        q[j] += g * ((double)x[i + j] - mean);
+    double ta = 0.0, tq = 0.0;           /* the last n % LANES values */
+    for (; i < n; i++) {
+        const double g = (double)GRAD(dy, y, i);
+        ta += g;
+        tq += g * ((double)x[i] - mean);
     }
-    FN(add_lanes)(a, q, s);
+    FN(add_lanes)(a, q, ta, tq, s);
 }
 
 static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, double mean,
@@ -532,12 +536,13 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
                                 double *restrict s, double *restrict q)
 {
     const int far = C > t.w;
+    const int64_t step = far ? LANES : t.w;    /* columns per prefetch */
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
                 *restrict x3 = x2 + C;
-        for (int64_t j0 = 0; j0 < t.w; j0 += LANES) {
-            const int64_t j1 = j0 + LANES < t.w ? j0 + LANES : t.w;
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
             if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0);
 #pragma omp simd
             for (int64_t j = j0; j < j1; j++) {
@@ -568,11 +573,12 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
                                        double *restrict q)
 {
     const int far = C > t.w;
+    const int64_t step = far ? LANES : t.w;    /* columns per prefetch */
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
-        for (int64_t j0 = 0; j0 < t.w; j0 += LANES) {
-            const int64_t j1 = j0 + LANES < t.w ? j0 + LANES : t.w;
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
             if (far) {
                 FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0);
                 FN(prefetch_next_rows)(dy + t.c0, C, r, t.r1, j0);
@@ -736,11 +742,17 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     for (int i = 0; i < N_COEF; i++) coef[i] = (T *)(col + W) + i * W;
     T *buf = (T *)(col + W) + N_COEF * W;
     FN(tile) t = {0, p->N, g0 * S, w};
-    for (int64_t c = g0; c < g1; c++)
-        for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) {
-            if (jb->op == OP_TRAIN) col[j] = jb->pivot[c];
-            else coef[K_CENTER][j] = jb->in_mean[c];
+    for (int64_t c = g0; c < g1; c++) {
+        double *restrict pc = col + (c - g0) * S;
+        T *restrict mc = coef[K_CENTER] + (c - g0) * S;
+        if (jb->op == OP_TRAIN) {
+            const double pivot = jb->pivot[c];
+            for (int64_t j = 0; j < S; j++) pc[j] = pivot;
+        } else {
+            const T mean = jb->in_mean[c];
+            for (int64_t j = 0; j < S; j++) mc[j] = mean;
         }
+    }
     memset(s, 0, sizeof(double) * (size_t)w);
     memset(q, 0, sizeof(double) * (size_t)w);
     if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, stride, t, col, s, q);
