@@ -708,6 +708,28 @@ static void FN(cl_apply_unit)(const FN(job) *jb, int64_t u)
     FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf);
 }
 
+/* Elementwise pass over row block rb across all channels, row by row: consecutive rows are
+ * adjacent, so the pass reads one contiguous stream, where a column tile's rows (C values
+ * apart) would each restart the hardware prefetcher. */
+static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t C = p->C, r0 = rb * p->row_block;
+    const int64_t r1 = r0 + p->row_block < p->rows ? r0 + p->row_block : p->rows;
+    T buf[CBN_MAX_COL_TILE];
+    if (p->n_col_tiles == 1) {
+        FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c0 = 0; c0 < C; c0 += p->col_tile) {
+            T *coef[N_COEF];
+            for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + c0;
+            FN(apply_rows)(jb, coef, r * C + c0, 1, C,
+                           c0 + p->col_tile < C ? p->col_tile : C - c0, buf);
+        }
+}
+
 /* ---- channels-first with short runs (plan.columns) -----------------------------------------
  * With S small, one run per (n, c) is too short to stream or vectorize well. Channels [g0, g1)
  * are then the columns [g0*S, g1*S) of the matrix x[n][c*S + s] and go through the
@@ -780,8 +802,8 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
 
 /* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
  * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
- * thread applies the units it reduced, last first: those were read most recently and are the
- * ones still in cache when the tensor does not fit. */
+ * thread applies about the row blocks it reduced, last first: those were read most recently and
+ * are the ones still in cache when the tensor does not fit. */
 static void FN(cl_run_job)(FN(job) *jb)
 {
     const cbn_plan *p = &jb->plan;
@@ -836,8 +858,14 @@ static void FN(cl_run_job)(FN(job) *jb)
 #pragma omp barrier
             }
         }
-        if (!jb->reduce_only)
+        /* by whole row blocks when there are enough to go round, else by units */
+        const int64_t B = p->n_row_blocks;
+        if (jb->reduce_only) {
+        } else if (B >= nt) {
+            for (int64_t rb = B * (t + 1) / nt; rb-- > B * t / nt;) FN(cl_apply_block)(jb, rb);
+        } else {
             for (int64_t u = u1; u-- > u0;) FN(cl_apply_unit)(jb, u);
+        }
         cbn_stream_fence();
     }
 }
