@@ -523,11 +523,16 @@ static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
 
 /* Rows of a tile lie C values apart. When that is farther than the tile is wide, the hardware
  * prefetcher does not follow from one row to the next, so a step over rows [r, r + 4) asks,
- * for each LANES columns [j, j + LANES) it reads, for the same columns of the next step's rows. */
+ * for each CL_PREFETCH_COLUMNS columns [j, j + CL_PREFETCH_COLUMNS) it reads, for the same
+ * columns of the next step's rows. (Blocks of 64 columns: narrower ones cost more in loop
+ * overhead than the prefetch saves.) */
+#define CL_PREFETCH_COLUMNS 64
 static inline void FN(prefetch_next_rows)(const T *p, int64_t C, int64_t r, int64_t r_end,
                                           int64_t j)
 {
-    for (int64_t i = r + 4; i < r + 8 && i < r_end; i++) FN(prefetch_step)(p + i * C + j);
+    for (int64_t i = r + 4; i < r + 8 && i < r_end; i++)
+        for (int64_t k = 0; k < CL_PREFETCH_COLUMNS; k += LANES)
+            FN(prefetch_step)(p + i * C + j + k);
 }
 
 /* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
@@ -536,7 +541,7 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
                                 double *restrict s, double *restrict q)
 {
     const int far = C > t.w;
-    const int64_t step = far ? LANES : t.w;    /* columns per prefetch */
+    const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
@@ -573,7 +578,7 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
                                        double *restrict q)
 {
     const int far = C > t.w;
-    const int64_t step = far ? LANES : t.w;    /* columns per prefetch */
+    const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
@@ -1179,6 +1184,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
 
 #undef CF_FOR_PIECES
 #undef LANES
+#undef CL_PREFETCH_COLUMNS
 #undef GRAD
 #undef FN
 #undef CAT
