@@ -658,6 +658,14 @@ static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, c
     for (int64_t r = 0; r < rows; r++) {
         const T *xr = x + r * stride;
         T *orow = o + r * stride;
+#if defined(__GNUC__)
+        /* rows far apart: ask for the next output row (for writing) while this one is computed,
+         * since the hardware prefetcher does not follow the jump and each store would wait for
+         * its line */
+        if (stride > w && r + 1 < rows)
+            for (size_t k = 0; k < sizeof(T) * (size_t)w; k += 64)
+                __builtin_prefetch((char *)(orow + stride) + k, 1, 3);
+#endif
         if (op == OP_INFER) {
 #pragma omp simd
             for (int64_t j = 0; j < w; j++) {
