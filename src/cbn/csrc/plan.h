@@ -31,7 +31,9 @@
 /* Values computed in L1 before being streamed out. */
 #define CBN_STREAM_BLOCK 1024
 /* Below this many values per thread, waking another thread costs more than it saves. */
-#define CBN_MIN_VALUES_PER_THREAD 32768
+#ifndef CBN_MIN_VALUES_PER_THREAD
+#define CBN_MIN_VALUES_PER_THREAD 16384
+#endif
 
 typedef struct {
     int channels_last;      /* canonical view: 0 -> x[n][c][s], 1 -> x[r][c] */
