@@ -535,6 +535,24 @@ static inline void FN(prefetch_next_rows)(const T *p, int64_t C, int64_t r, int6
             FN(prefetch_step)(p + i * C + j + k);
 }
 
+/* When the tile is whole rows, it is one contiguous stream, which the hardware prefetcher alone
+ * does not fetch fast enough (a channels-last backward reduce ran at half the speed of the
+ * channels-first one). A step over rows [r, r + 4) then asks for the 4 rows `ahead` rows on,
+ * `ahead` being about CL_PREFETCH_BYTES. */
+#define CL_PREFETCH_BYTES 4096
+static inline int64_t FN(rows_ahead)(int64_t C)
+{
+    const int64_t step_bytes = 4 * C * (int64_t)sizeof(T);
+    return 4 * ((CL_PREFETCH_BYTES + step_bytes - 1) / step_bytes);
+}
+
+static inline void FN(prefetch_rows_ahead)(const T *p, int64_t C, int64_t r, int64_t r_end,
+                                           int64_t ahead)
+{
+    const int64_t a = r + ahead, b = a + 4 < r_end ? a + 4 : r_end;
+    for (int64_t i = a * C; i < b * C; i += LANES) FN(prefetch_step)(p + i);
+}
+
 /* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
  * Four rows per step keep the accumulators' memory traffic below the data's. */
 static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double *restrict pivot,
@@ -542,10 +560,12 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
 {
     const int far = C > t.w;
     const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
+    const int64_t ahead = FN(rows_ahead)(C);
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
                 *restrict x3 = x2 + C;
+        if (!far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
             if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0);
@@ -579,9 +599,15 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
 {
     const int far = C > t.w;
     const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
+    const int64_t ahead = FN(rows_ahead)(C);
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        if (!far) {
+            FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
+            FN(prefetch_rows_ahead)(dy, C, r, t.r1, ahead);
+            if (y) FN(prefetch_rows_ahead)(y, C, r, t.r1, ahead);
+        }
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
             if (far) {
@@ -1193,6 +1219,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
 #undef CF_FOR_PIECES
 #undef LANES
 #undef CL_PREFETCH_COLUMNS
+#undef CL_PREFETCH_BYTES
 #undef GRAD
 #undef FN
 #undef CAT
