@@ -528,11 +528,11 @@ static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
  * overhead than the prefetch saves.) */
 #define CL_PREFETCH_COLUMNS 64
 static inline void FN(prefetch_next_rows)(const T *p, int64_t C, int64_t r, int64_t r_end,
-                                          int64_t j)
+                                          int64_t j, int64_t j_end)
 {
     for (int64_t i = r + 4; i < r + 8 && i < r_end; i++)
-        for (int64_t k = 0; k < CL_PREFETCH_COLUMNS; k += LANES)
-            FN(prefetch_step)(p + i * C + j + k);
+        for (int64_t k = j; k < j + CL_PREFETCH_COLUMNS && k < j_end; k += LANES)
+            FN(prefetch_step)(p + i * C + k);
 }
 
 /* When the tile is whole rows, it is one contiguous stream, which the hardware prefetcher alone
@@ -568,7 +568,7 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
         if (!far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
-            if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0);
+            if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
 #pragma omp simd
             for (int64_t j = j0; j < j1; j++) {
                 const double p = pivot[j];
@@ -611,9 +611,9 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
             if (far) {
-                FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0);
-                FN(prefetch_next_rows)(dy + t.c0, C, r, t.r1, j0);
-                if (y) FN(prefetch_next_rows)(y + t.c0, C, r, t.r1, j0);
+                FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
+                FN(prefetch_next_rows)(dy + t.c0, C, r, t.r1, j0, t.w);
+                if (y) FN(prefetch_next_rows)(y + t.c0, C, r, t.r1, j0, t.w);
             }
 #pragma omp simd
             for (int64_t j = j0; j < j1; j++) {
