@@ -17,7 +17,9 @@
 #define CBN_GROUP_BYTES (768 * 1024)
 #endif
 /* Channels-last: widest column tile, and values per (row block x column tile) unit. */
+#ifndef CBN_MAX_COL_TILE
 #define CBN_MAX_COL_TILE 512
+#endif
 #define CBN_UNIT_VALUES 65536
 /* Channels-first runs this short (S values) are processed as columns, at most
  * CBN_COLUMN_WIDTH columns (whole channels) at a time. */
