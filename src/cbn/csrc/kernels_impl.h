@@ -67,7 +67,8 @@ typedef struct {
     /* scratch */
     double *partials;             /* 2 per chunk (channels-first) or per row block x channel */
     double *pivot;                /* C: training's shift of each channel */
-    double *sums;                 /* 2*C: channels-last folded sums */
+    double *sums;                 /* 2*C: channels-last folded sums, then 3*C: mean, M2 and
+                                   * invstd of the vectorized finalize */
     T *coef[N_COEF];              /* C each */
     unsigned char *again;         /* C: channels-last channels to sum again around the mean */
     int stream;                   /* write the output with streaming stores (it exceeds cache) */
@@ -209,14 +210,51 @@ static void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T 
 
 /* ---- finalize: a channel's summed partials -> coefficients and per-channel outputs --------- */
 
-/* Coefficients of y = (x - mean)*invstd*weight + bias for channel c. */
-static void FN(train_coefs)(const FN(job) *jb, int64_t c, double mean, double invstd, T *kc)
+/* The finalize formulas, one channel at a time; finalize_train and the vectorized channels-last
+ * finalize both use them, so both give the same bits. */
+
+/* Mean and M2 = sum((x - mean)^2) from the shifted sums s = sum(x - pivot),
+ * q = sum((x - pivot)^2) over M values. M2 cancelled when more than a factor STATS_MAX_CANCEL of
+ * q did (train_cancelled; also true for M2 <= 0 < q). */
+static inline double FN(train_m2)(double pivot, double s, double q, double M, double *mean)
 {
-    const double scale = (jb->weight ? (double)jb->weight[c] : 1.0) * invstd;
-    kc[K_CENTER] = (T)mean;
-    kc[K_SCALE] = (T)scale;
-    kc[K_SHIFT] = (T)((jb->bias ? (double)jb->bias[c] : 0.0) -
-                      (mean - (double)kc[K_CENTER]) * scale);
+    *mean = pivot + s / M;
+    return q - s * (s / M);
+}
+
+static inline int FN(train_cancelled)(double q, double m2) { return q > STATS_MAX_CANCEL * m2; }
+
+/* biased variance (M2 clamped at 0; NaN stays NaN) and 1/sqrt(var + eps) */
+static inline double FN(train_var)(double m2, double M) { return (m2 < 0.0 ? 0.0 : m2) / M; }
+static inline double FN(train_invstd)(double var, double eps) { return 1.0 / sqrt(var + eps); }
+
+/* the variance estimate the running variance follows */
+static inline double FN(running_var_estimate)(int unbiased, double m2, double var, double M)
+{
+    return unbiased ? (m2 < 0.0 ? 0.0 : m2) / (M - 1.0) : var;
+}
+
+static inline T FN(momentum_update)(T running, double momentum, double value)
+{
+    return (T)((1.0 - momentum) * (double)running + momentum * value);
+}
+
+/* Coefficients of y = (x - mean)*invstd*w + b (w, b: the channel's weight and bias). */
+static inline void FN(train_coef_values)(double w, double b, double mean, double invstd,
+                                         T *center, T *scale, T *shift)
+{
+    const double sc = w * invstd;
+    *center = (T)mean;
+    *scale = (T)sc;
+    *shift = (T)(b - (mean - (double)*center) * sc);
+}
+
+static inline void FN(train_coefs)(const FN(job) *jb, int64_t c, double mean, double invstd,
+                                   T *kc)
+{
+    FN(train_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0,
+                          jb->bias ? (double)jb->bias[c] : 0.0, mean, invstd, &kc[K_CENTER],
+                          &kc[K_SCALE], &kc[K_SHIFT]);
     kc[K_B] = 0;
 }
 
@@ -240,26 +278,25 @@ static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double
                               int accept, int write_outputs, T *kc, double *mean_out)
 {
     const double M = (double)jb->plan.M;
-    const double mean = pivot + s / M;
-    double m2 = q - s * (s / M);
+    double mean;
+    const double m2 = FN(train_m2)(pivot, s, q, M, &mean);
     *mean_out = mean;
-    if (!accept && q > STATS_MAX_CANCEL * m2) return 1;   /* also catches m2 <= 0 < q */
-    if (m2 < 0.0) m2 = 0.0;
-    const double var = m2 / M;
-    const double invstd = 1.0 / sqrt(var + jb->eps);
+    if (!accept && FN(train_cancelled)(q, m2)) return 1;
+    const double var = FN(train_var)(m2, M);
+    const double invstd = FN(train_invstd)(var, jb->eps);
     FN(train_coefs)(jb, c, mean, invstd, kc);
     if (!write_outputs) return 0;
     if (jb->stat_a) {
         jb->stat_a[c] = mean;
-        jb->stat_b[c] = m2;
+        jb->stat_b[c] = m2 < 0.0 ? 0.0 : m2;
     }
     if (jb->save_mean) jb->save_mean[c] = (T)mean;
     if (jb->save_invstd) jb->save_invstd[c] = (T)invstd;
     if (jb->running_mean) {
-        const double m = jb->momentum;
-        const double run_var = jb->unbiased_running_var ? m2 / (M - 1.0) : var;
-        jb->running_mean[c] = (T)((1.0 - m) * (double)jb->running_mean[c] + m * mean);
-        jb->running_var[c] = (T)((1.0 - m) * (double)jb->running_var[c] + m * run_var);
+        jb->running_mean[c] = FN(momentum_update)(jb->running_mean[c], jb->momentum, mean);
+        jb->running_var[c] = FN(momentum_update)(
+            jb->running_var[c], jb->momentum,
+            FN(running_var_estimate)(jb->unbiased_running_var, m2, var, M));
     }
     return 0;
 }
@@ -839,6 +876,84 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     if (!jb->reduce_only) FN(apply_rows)(jb, coef, g0 * S, p->N, stride, w, buf);
 }
 
+/* First finalize of channels [c0, c1) in channels-last training. With few rows per channel,
+ * the per-channel division and square root are most of the work, so this is a series of simple
+ * loops the compiler vectorizes (same formulas as finalize_train). A channel whose sums
+ * cancelled gets jb->again[c] set and its pivot moved to its mean; returns whether any did. */
+static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t c1)
+{
+    const int64_t C = jb->plan.C;
+    const double M = (double)jb->plan.M, eps = jb->eps, mom = jb->momentum;
+    const double *restrict s = jb->sums, *restrict q = jb->sums + C;
+    double *restrict mean = jb->sums + 2 * C, *restrict m2 = jb->sums + 3 * C,
+           *restrict invstd = jb->sums + 4 * C;
+    unsigned char *restrict again = jb->again;
+    int redo = 0;
+#pragma omp simd reduction(| : redo)
+    for (int64_t c = c0; c < c1; c++) {
+        m2[c] = FN(train_m2)(jb->pivot[c], s[c], q[c], M, &mean[c]);
+        const int cancelled = FN(train_cancelled)(q[c], m2[c]);
+        again[c] = (unsigned char)cancelled;
+        redo |= cancelled;
+    }
+    if (redo) {             /* rare: the channel-by-channel finalize for this range */
+        for (int64_t c = c0; c < c1; c++) {
+            T kc[N_COEF];
+            double mn;
+            if (again[c]) {
+                jb->pivot[c] = mean[c];
+                continue;
+            }
+            FN(finalize_train)(jb, c, jb->pivot[c], s[c], q[c], 1, 1, kc, &mn);
+            for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+        }
+        return 1;
+    }
+#pragma omp simd
+    for (int64_t c = c0; c < c1; c++) invstd[c] = FN(train_invstd)(FN(train_var)(m2[c], M), eps);
+    {
+        const T *restrict w = jb->weight, *restrict b = jb->bias;
+        T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
+          *restrict shift = jb->coef[K_SHIFT], *restrict kb = jb->coef[K_B];
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            FN(train_coef_values)(w ? (double)w[c] : 1.0, b ? (double)b[c] : 0.0, mean[c],
+                                  invstd[c], &center[c], &scale[c], &shift[c]);
+            kb[c] = 0;
+        }
+    }
+    if (jb->stat_a) {
+        double *restrict a = jb->stat_a, *restrict b = jb->stat_b;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            a[c] = mean[c];
+            b[c] = m2[c] < 0.0 ? 0.0 : m2[c];
+        }
+    }
+    if (jb->save_mean) {
+        T *restrict o = jb->save_mean;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) o[c] = (T)mean[c];
+    }
+    if (jb->save_invstd) {
+        T *restrict o = jb->save_invstd;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) o[c] = (T)invstd[c];
+    }
+    if (jb->running_mean) {
+        T *restrict rm = jb->running_mean, *restrict rv = jb->running_var;
+        const int unbiased = jb->unbiased_running_var;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            rm[c] = FN(momentum_update)(rm[c], mom, mean[c]);
+            rv[c] = FN(momentum_update)(
+                rv[c], mom,
+                FN(running_var_estimate)(unbiased, m2[c], FN(train_var)(m2[c], M), M));
+        }
+    }
+    return 0;
+}
+
 /* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
  * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
  * thread applies about the row blocks it reduced, last first: those were read most recently and
@@ -858,21 +973,15 @@ static void FN(cl_run_job)(FN(job) *jb)
 #pragma omp barrier
             FN(cl_fold)(jb, c0, c1);
             int my_redo = 0;
-            for (int64_t c = c0; c < c1; c++) {
-                T kc[N_COEF];
-                double mean;
-                if (jb->op == OP_BACKWARD) {
+            if (jb->op == OP_TRAIN) {
+                my_redo = FN(cl_finalize_train)(jb, c0, c1);
+            } else {
+                for (int64_t c = c0; c < c1; c++) {
+                    T kc[N_COEF];
                     FN(finalize_backward)(jb, c, jb->sums[c], jb->sums[C + c], 1, kc);
                     if (jb->reduce_only) continue;
+                    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
                 }
-                else if ((jb->again[c] = (unsigned char)FN(finalize_train)(
-                              jb, c, jb->pivot[c], jb->sums[c], jb->sums[C + c], 0, 1, kc,
-                              &mean))) {
-                    jb->pivot[c] = mean;
-                    my_redo = 1;
-                    continue;
-                }
-                for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
             }
             if (my_redo) {
 #pragma omp atomic write
@@ -940,7 +1049,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     const int64_t n_part = jb->apply_only ? 0
                            : p->channels_last ? 2 * p->n_row_blocks * C
                                               : 2 * p->n_units;
-    const int64_t n_double = n_part + 3 * C;
+    const int64_t n_double = n_part + 6 * C;
     const size_t column_bytes = p->columns && !jb->apply_only
                                     ? FN(column_scratch_bytes)() * (size_t)p->n_threads
                                     : 0;
