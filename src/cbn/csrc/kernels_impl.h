@@ -258,17 +258,25 @@ static inline void FN(train_coefs)(const FN(job) *jb, int64_t c, double mean, do
     kc[K_B] = 0;
 }
 
+/* Coefficients of dx = scale*dy + b*(x - mean) + shift from a channel's weight w, invstd and
+ * its sums over all M values (shared by backward_coefs and the vectorized finalize). */
+static inline void FN(backward_coef_values)(double w, double invstd, double sum_dy,
+                                            double sum_dy_xmu, double M, T *scale, T *shift,
+                                            T *b)
+{
+    const double a = w * invstd;
+    *scale = (T)a;
+    *shift = (T)(-a * sum_dy / M);
+    *b = (T)(-a * invstd * invstd * sum_dy_xmu / M);
+}
+
 /* Coefficients of dx for channel c from the sums over all M values of the channel. */
 static void FN(backward_coefs)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
                                double M, T *kc)
 {
-    const double w = jb->weight ? (double)jb->weight[c] : 1.0;
-    const double invstd = (double)jb->in_invstd[c];
-    const double a = w * invstd;
     kc[K_CENTER] = jb->in_mean[c];
-    kc[K_SCALE] = (T)a;
-    kc[K_SHIFT] = (T)(-a * sum_dy / M);
-    kc[K_B] = (T)(-a * invstd * invstd * sum_dy_xmu / M);
+    FN(backward_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0, (double)jb->in_invstd[c],
+                             sum_dy, sum_dy_xmu, M, &kc[K_SCALE], &kc[K_SHIFT], &kc[K_B]);
 }
 
 /* Training. s = sum(x - pivot), q = sum((x - pivot)^2) over the channel's M values. Returns 1
@@ -954,6 +962,43 @@ static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t c1)
     return 0;
 }
 
+/* Finalize of channels [c0, c1) in channels-last backward, vectorized like cl_finalize_train
+ * (same formulas as finalize_backward). */
+static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
+{
+    const int64_t C = jb->plan.C;
+    const double *restrict sum_dy = jb->sums, *restrict sum_dy_xmu = jb->sums + C;
+    if (jb->reduce_only) {          /* the caller combines the sums across processes */
+        double *restrict a = jb->stat_a, *restrict b = jb->stat_b;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            a[c] = sum_dy[c];
+            b[c] = sum_dy_xmu[c];
+        }
+        return;
+    }
+    const double M = (double)jb->plan.M;
+    const T *restrict w = jb->weight, *restrict mean = jb->in_mean, *restrict inv = jb->in_invstd;
+    T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
+      *restrict shift = jb->coef[K_SHIFT], *restrict b = jb->coef[K_B];
+#pragma omp simd
+    for (int64_t c = c0; c < c1; c++) {
+        center[c] = mean[c];
+        FN(backward_coef_values)(w ? (double)w[c] : 1.0, (double)inv[c], sum_dy[c],
+                                 sum_dy_xmu[c], M, &scale[c], &shift[c], &b[c]);
+    }
+    if (jb->dweight) {
+        T *restrict dw = jb->dweight;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) dw[c] = (T)(sum_dy_xmu[c] * (double)inv[c]);
+    }
+    if (jb->dbias) {
+        T *restrict db = jb->dbias;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) db[c] = (T)sum_dy[c];
+    }
+}
+
 /* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
  * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
  * thread applies about the row blocks it reduced, last first: those were read most recently and
@@ -976,12 +1021,7 @@ static void FN(cl_run_job)(FN(job) *jb)
             if (jb->op == OP_TRAIN) {
                 my_redo = FN(cl_finalize_train)(jb, c0, c1);
             } else {
-                for (int64_t c = c0; c < c1; c++) {
-                    T kc[N_COEF];
-                    FN(finalize_backward)(jb, c, jb->sums[c], jb->sums[C + c], 1, kc);
-                    if (jb->reduce_only) continue;
-                    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
-                }
+                FN(cl_finalize_backward)(jb, c0, c1);
             }
             if (my_redo) {
 #pragma omp atomic write
