@@ -27,6 +27,16 @@
 #error "define STATS_MAX_CANCEL before including kernels_impl.h"
 #endif
 
+/* a*b + c, fused (one rounding) where the CPU has FMA instructions: the sums of squares and
+ * products then run on the FMA units beside the adds, and round once instead of twice. A build
+ * without FMA (CBN_PORTABLE on x86-64) computes a*b + c; results are bit-identical for any
+ * thread count within one build. */
+#if defined(__FMA__) || defined(__aarch64__)
+#define MULADD(a, b, c) fma((a), (b), (c))
+#else
+#define MULADD(a, b, c) ((a) * (b) + (c))
+#endif
+
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SFX)
@@ -83,7 +93,7 @@ typedef struct {
  * summed after it; each step prefetches the matching cache lines there, so the next run is
  * fetched as steadily as this one is read. The hardware prefetcher does not follow the jump
  * between one channel's runs. */
-#define LANES 16               /* add_lanes is written for 16 */
+#define LANES 32               /* add_lanes is written for 32 */
 
 /* the cache lines of one step's LANES values at p */
 static inline void FN(prefetch_step)(const T *p)
@@ -101,8 +111,9 @@ static inline void FN(prefetch_step)(const T *p)
 static inline void FN(add_lanes)(const double *a, const double *q, double ta, double tq,
                                  double *s)
 {
-    double a8[8], q8[8], a4[4], q4[4];
-    for (int j = 0; j < 8; j++) a8[j] = a[j] + a[j + 8], q8[j] = q[j] + q[j + 8];
+    double a16[16], q16[16], a8[8], q8[8], a4[4], q4[4];
+    for (int j = 0; j < 16; j++) a16[j] = a[j] + a[j + 16], q16[j] = q[j] + q[j + 16];
+    for (int j = 0; j < 8; j++) a8[j] = a16[j] + a16[j + 8], q8[j] = q16[j] + q16[j + 8];
     for (int j = 0; j < 4; j++) a4[j] = a8[j] + a8[j + 4], q4[j] = q8[j] + q8[j + 4];
     s[0] += ((a4[0] + a4[2]) + (a4[1] + a4[3])) + ta;
     s[1] += ((q4[0] + q4[2]) + (q4[1] + q4[3])) + tq;
@@ -120,14 +131,14 @@ static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, i
         for (int j = 0; j < LANES; j++) {
             const double d = (double)p[i + j] - pivot;
             a[j] += d;
-            q[j] += d * d;
+            q[j] = MULADD(d, d, q[j]);
         }
     }
     double ta = 0.0, tq = 0.0;           /* the last n % LANES values */
     for (; i < n; i++) {
         const double d = (double)p[i] - pivot;
         ta += d;
-        tq += d * d;
+        tq = MULADD(d, d, tq);
     }
     FN(add_lanes)(a, q, ta, tq, s);
 }
@@ -156,14 +167,14 @@ static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict 
         for (int j = 0; j < LANES; j++) {
             const double g = (double)GRAD(dy, y, i + j);
             a[j] += g;
-            q[j] += g * ((double)x[i + j] - mean);
+            q[j] = MULADD(g, (double)x[i + j] - mean, q[j]);
         }
     }
     double ta = 0.0, tq = 0.0;           /* the last n % LANES values */
     for (; i < n; i++) {
         const double g = (double)GRAD(dy, y, i);
         ta += g;
-        tq += g * ((double)x[i] - mean);
+        tq = MULADD(g, (double)x[i] - mean, tq);
     }
     FN(add_lanes)(a, q, ta, tq, s);
 }
@@ -620,7 +631,7 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
                 const double d0 = (double)x0[j] - p, d1 = (double)x1[j] - p,
                              d2 = (double)x2[j] - p, d3 = (double)x3[j] - p;
                 s[j] += (d0 + d1) + (d2 + d3);
-                q[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+                q[j] += MULADD(d1, d1, d0 * d0) + MULADD(d3, d3, d2 * d2);
             }
         }
     }
@@ -630,7 +641,7 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
         for (int64_t j = 0; j < t.w; j++) {
             const double d = (double)xr[j] - pivot[j];
             s[j] += d;
-            q[j] += d * d;
+            q[j] = MULADD(d, d, q[j]);
         }
     }
 }
@@ -666,8 +677,8 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
                 const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
                              e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
                 s[j] += (e0 + e1) + (e2 + e3);
-                q[j] += (e0 * ((double)x[o0 + j] - m) + e1 * ((double)x[o1 + j] - m)) +
-                        (e2 * ((double)x[o2 + j] - m) + e3 * ((double)x[o3 + j] - m));
+                q[j] += MULADD(e1, (double)x[o1 + j] - m, e0 * ((double)x[o0 + j] - m)) +
+                        MULADD(e3, (double)x[o3 + j] - m, e2 * ((double)x[o2 + j] - m));
             }
         }
     }
@@ -677,7 +688,7 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
         for (int64_t j = 0; j < t.w; j++) {
             const double e = (double)GRAD(dy, y, o + j);
             s[j] += e;
-            q[j] += e * ((double)x[o + j] - (double)mean[j]);
+            q[j] = MULADD(e, (double)x[o + j] - (double)mean[j], q[j]);
         }
     }
 }
@@ -1366,6 +1377,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
 }
 
 #undef CF_FOR_PIECES
+#undef MULADD
 #undef LANES
 #undef CL_PREFETCH_COLUMNS
 #undef CL_PREFETCH_BYTES
