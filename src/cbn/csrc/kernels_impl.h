@@ -849,19 +849,35 @@ static void FN(fold_columns)(const double *s, const double *q, int64_t S, int64_
     }
 }
 
+/* The elementwise pass over channels [g0, g1) as columns: each channel's coefficients
+ * (jb->coef) spread over its S columns, then row after row. tscratch: (N_COEF + 1) *
+ * CBN_COLUMN_WIDTH values (the column coefficients and a row buffer for streaming). */
+static void FN(cf_column_apply)(const FN(job) *jb, int64_t g0, int64_t g1, T *tscratch)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t S = p->S, W = CBN_COLUMN_WIDTH;
+    T *coef[N_COEF];
+    for (int i = 0; i < N_COEF; i++) {
+        T *restrict col = coef[i] = tscratch + i * W;
+        for (int64_t c = g0; c < g1; c++) {
+            const T k = jb->coef[i][c];
+            for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) col[j] = k;
+        }
+    }
+    FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S, tscratch + N_COEF * W);
+}
+
 static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char *scratch)
 {
     const cbn_plan *p = &jb->plan;
     const int64_t S = p->S, stride = p->C * S, w = (g1 - g0) * S;
     const int64_t W = CBN_COLUMN_WIDTH;
     double *s = (double *)scratch, *q = s + W, *col = q + W;   /* col: pivot per column */
-    T *coef[N_COEF];
-    for (int i = 0; i < N_COEF; i++) coef[i] = (T *)(col + W) + i * W;
-    T *buf = (T *)(col + W) + N_COEF * W;
+    T *center = (T *)(col + W);          /* backward: the mean per column */
     FN(tile) t = {0, p->N, g0 * S, w};
     for (int64_t c = g0; c < g1; c++) {
         double *restrict pc = col + (c - g0) * S;
-        T *restrict mc = coef[K_CENTER] + (c - g0) * S;
+        T *restrict mc = center + (c - g0) * S;
         if (jb->op == OP_TRAIN) {
             const double pivot = jb->pivot[c];
             for (int64_t j = 0; j < S; j++) pc[j] = pivot;
@@ -873,7 +889,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     memset(s, 0, sizeof(double) * (size_t)w);
     memset(q, 0, sizeof(double) * (size_t)w);
     if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, stride, t, col, s, q);
-    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, stride, t, coef[K_CENTER], s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, stride, t, center, s, q);
     for (int64_t c = g0; c < g1; c++) {
         const int64_t j0 = (c - g0) * S;
         double sums[2], mean;
@@ -889,10 +905,9 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
             FN(fold_columns)(s, q, S, j0, sums);
             FN(finalize_train)(jb, c, mean, sums[0], sums[1], 1, 1, kc, &mean);
         }
-        for (int i = 0; i < N_COEF; i++)
-            for (int64_t j = j0; j < j0 + S; j++) coef[i][j] = kc[i];
+        for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
     }
-    if (!jb->reduce_only) FN(apply_rows)(jb, coef, g0 * S, p->N, stride, w, buf);
+    if (!jb->reduce_only) FN(cf_column_apply)(jb, g0, g1, (T *)(col + W));
 }
 
 /* First finalize of channels [c0, c1) in channels-last training. With few rows per channel,
@@ -1101,7 +1116,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
                            : p->channels_last ? 2 * p->n_row_blocks * C
                                               : 2 * p->n_units;
     const int64_t n_double = n_part + 6 * C;
-    const size_t column_bytes = p->columns && !jb->apply_only
+    const size_t column_bytes = p->columns
                                     ? FN(column_scratch_bytes)() * (size_t)p->n_threads
                                     : 0;
     const size_t main_bytes = sizeof(double) * (size_t)n_double +
@@ -1130,6 +1145,17 @@ static void FN(run_job)(FN(job) *jb)
         FN(cl_run_job)(jb);
     } else if (!jb->apply_only) {
         FN(cf_run_job)(jb);
+    } else if (jb->plan.columns) {      /* short runs: channel groups as columns */
+        const int64_t C = jb->plan.C, g = CBN_COLUMN_WIDTH / jb->plan.S;
+#pragma omp parallel num_threads(jb->plan.n_threads)
+        {
+            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
+            T *scratch = (T *)(jb->column_scratch + (size_t)t * FN(column_scratch_bytes)());
+            for (int64_t g0 = c0; g0 < c1; g0 += g)
+                FN(cf_column_apply)(jb, g0, g0 + g < c1 ? g0 + g : c1, scratch);
+            cbn_stream_fence();
+        }
     } else {            /* one pass in storage order, runs split evenly over threads */
         const int64_t R = jb->plan.N * jb->plan.C;
 #pragma omp parallel num_threads(jb->plan.n_threads)
