@@ -54,10 +54,11 @@
  * stored in the element type.
  *
  * Threads. n_threads >= 1 is the most threads a call may use (fewer on small inputs: about one
- * per 32768 values). Results are bit-identical for every n_threads: work is cut into chunks
- * whose bounds depend only on the shape, and chunk results are combined in a fixed order.
- * (A build with another compiler or other flags, e.g. another -march, may differ in the last
- * bits: the vectorized sums' order is fixed at compile time.)
+ * per 16384 values). Results are bit-identical for every n_threads: work is cut into chunks
+ * whose bounds depend only on the shape, partial sums keep a fixed number of lanes, and chunk
+ * results are combined in a fixed order. (A build for a CPU with FMA instructions, such as
+ * -march=native on a recent x86-64, rounds each product of the sums of squares once instead of
+ * twice, so its last bits may differ from a portable build's.)
  * Thread safety: the library has no global or static mutable state. Calls are reentrant and may
  * run concurrently from several threads as long as no call writes an array another call reads
  * or writes. Each call opens its own OpenMP parallel region; called from inside a parallel
