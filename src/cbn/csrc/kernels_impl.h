@@ -1116,7 +1116,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
                            : p->channels_last ? 2 * p->n_row_blocks * C
                                               : 2 * p->n_units;
     const int64_t n_double = n_part + 6 * C;
-    const size_t column_bytes = p->columns
+    const size_t column_bytes = p->columns && !jb->apply_only
                                     ? FN(column_scratch_bytes)() * (size_t)p->n_threads
                                     : 0;
     const size_t main_bytes = sizeof(double) * (size_t)n_double +
@@ -1145,17 +1145,6 @@ static void FN(run_job)(FN(job) *jb)
         FN(cl_run_job)(jb);
     } else if (!jb->apply_only) {
         FN(cf_run_job)(jb);
-    } else if (jb->plan.columns) {      /* short runs: channel groups as columns */
-        const int64_t C = jb->plan.C, g = CBN_COLUMN_WIDTH / jb->plan.S;
-#pragma omp parallel num_threads(jb->plan.n_threads)
-        {
-            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-            const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
-            T *scratch = (T *)(jb->column_scratch + (size_t)t * FN(column_scratch_bytes)());
-            for (int64_t g0 = c0; g0 < c1; g0 += g)
-                FN(cf_column_apply)(jb, g0, g0 + g < c1 ? g0 + g : c1, scratch);
-            cbn_stream_fence();
-        }
     } else {            /* one pass in storage order, runs split evenly over threads */
         const int64_t R = jb->plan.N * jb->plan.C;
 #pragma omp parallel num_threads(jb->plan.n_threads)
