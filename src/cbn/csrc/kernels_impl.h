@@ -188,7 +188,8 @@ static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, doub
 
 /* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
  * stays NaN); y: the mask of a fused ReLU in backward. */
-static void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y, T *out,
+static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
+                                 T *out,
                           int64_t n, const T *k)
 {
     const T center = k[K_CENTER], scale = k[K_SCALE], shift = k[K_SHIFT], b = k[K_B];
@@ -475,17 +476,41 @@ static void FN(cf_apply_chunk)(const FN(job) *jb, int64_t c, int64_t k, const T 
 
 /* Runs r0 .. r1-1 in storage order (run r is (n, c) = (r / C, r % C)), coefficients from
  * jb->coef. */
+/* Runs [r0, r1) of op OP; OP is a constant at each use below, so run_apply's dispatch folds
+ * away and a run costs little more than its vector loop (runs can be 49 values). */
+#define CF_APPLY_RUNS(OP)                                                                       \
+    for (int64_t r = r0; r < r1; r++) {                                                         \
+        const T kc[N_COEF] = {center[c], scale[c], shift[c], b[c]};                             \
+        const int64_t o = r * S;                                                                \
+        FN(run_apply)(OP, relu, x + o, dy ? dy + o : NULL, y ? y + o : NULL, out + o, S, kc);   \
+        if (++c == C) c = 0;                                                                    \
+    }
+
 static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
 {
     const int64_t C = jb->plan.C, S = jb->plan.S;
     int64_t c = r0 % C;
-    for (int64_t r = r0; r < r1; r++) {
-        const T kc[N_COEF] = {jb->coef[K_CENTER][c], jb->coef[K_SCALE][c], jb->coef[K_SHIFT][c],
-                              jb->coef[K_B][c]};
-        FN(cf_apply_piece)(jb, r * S, S, kc);
-        if (++c == C) c = 0;
+    if (jb->stream) {               /* each run computed in L1 and streamed out */
+        for (int64_t r = r0; r < r1; r++) {
+            const T kc[N_COEF] = {jb->coef[K_CENTER][c], jb->coef[K_SCALE][c],
+                                  jb->coef[K_SHIFT][c], jb->coef[K_B][c]};
+            FN(cf_apply_piece)(jb, r * S, S, kc);
+            if (++c == C) c = 0;
+        }
+        return;
+    }
+    const T *center = jb->coef[K_CENTER], *scale = jb->coef[K_SCALE], *shift = jb->coef[K_SHIFT],
+            *b = jb->coef[K_B];
+    const T *x = jb->x, *dy = jb->dy, *y = jb->y;
+    T *out = jb->out;
+    const int relu = jb->relu;
+    switch (jb->op) {
+    case OP_INFER: CF_APPLY_RUNS(OP_INFER) break;
+    case OP_TRAIN: CF_APPLY_RUNS(OP_TRAIN) break;
+    case OP_BACKWARD: CF_APPLY_RUNS(OP_BACKWARD) break;
     }
 }
+#undef CF_APPLY_RUNS
 
 /* Thread t owns the contiguous unit range [u0, u1). Channels whose chunks all lie in its range
  * are processed in groups that fit in cache: reduce the group, finalize its channels, apply the
