@@ -383,7 +383,7 @@ static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off
  * is in the last run. */
 static inline int64_t cf_ahead(const cbn_plan *p, int64_t off)
 {
-    return off / (p->C * p->S) + 1 < p->N ? p->C * p->S : 0;
+    return p->prefetch && off / (p->C * p->S) + 1 < p->N ? p->C * p->S : 0;
 }
 
 /* Partials of chunk k of channel c (pivot: training's shift). */
@@ -406,7 +406,7 @@ static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, doubl
         for (int64_t c = c0; c < c1; c++) {
             const int64_t base = (n * p->C + c) * S;
             const double pivot = jb->op == OP_TRAIN ? jb->pivot[c] : 0.0;
-            const int64_t ahead = n + 1 < p->N ? p->C * S : 0;
+            const int64_t ahead = p->prefetch && n + 1 < p->N ? p->C * S : 0;
             for (int64_t s = 0; s < S;) {
                 const int64_t m = n * S + s, k = m / p->chunk;
                 int64_t len = (k + 1) * p->chunk - m;
@@ -589,7 +589,7 @@ static void FN(cf_run_job)(const FN(job) *jb)
  * Partials are structure-of-arrays: first sums at part[rb*C + c], second at
  * part[n_row_blocks*C + rb*C + c]. */
 
-typedef struct { int64_t r0, r1, c0, w; } FN(tile);
+typedef struct { int64_t r0, r1, c0, w; int prefetch; } FN(tile);
 
 static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
 {
@@ -599,6 +599,7 @@ static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
     t.r1 = t.r0 + p->row_block < p->rows ? t.r0 + p->row_block : p->rows;
     t.c0 = ct * p->col_tile;
     t.w = t.c0 + p->col_tile < p->C ? p->col_tile : p->C - t.c0;
+    t.prefetch = p->prefetch;
     return t;
 }
 
@@ -639,14 +640,14 @@ static inline void FN(prefetch_rows_ahead)(const T *p, int64_t C, int64_t r, int
 static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double *restrict pivot,
                                 double *restrict s, double *restrict q)
 {
-    const int far = C > t.w;
+    const int far = t.prefetch && C > t.w;
     const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
     const int64_t ahead = FN(rows_ahead)(C);
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
                 *restrict x3 = x2 + C;
-        if (!far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
+        if (t.prefetch && !far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
             if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
@@ -678,13 +679,13 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
                                        const T *restrict mean, double *restrict s,
                                        double *restrict q)
 {
-    const int far = C > t.w;
+    const int far = t.prefetch && C > t.w;
     const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
     const int64_t ahead = FN(rows_ahead)(C);
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
         const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
-        if (!far) {
+        if (t.prefetch && !far) {
             FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
             FN(prefetch_rows_ahead)(dy, C, r, t.r1, ahead);
             if (y) FN(prefetch_rows_ahead)(y, C, r, t.r1, ahead);
@@ -757,7 +758,8 @@ static void FN(cl_fold)(const FN(job) *jb, int64_t c0, int64_t c1)
 /* Rows of the elementwise pass, one row per step: several rows per step would share the
  * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer. */
 static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, const T *dy,
-                              const T *y, T *o, int64_t rows, int64_t stride, int64_t w)
+                              const T *y, T *o, int64_t rows, int64_t stride, int64_t w,
+                              int prefetch)
 {
     const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
             *restrict shift = coef[K_SHIFT], *restrict b = coef[K_B];
@@ -769,7 +771,7 @@ static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, c
         /* rows far apart: ask for the next output row (for writing) while this one is computed,
          * since the hardware prefetcher does not follow the jump and each store would wait for
          * its line */
-        if (stride > w && r + 1 < rows)
+        if (prefetch && stride > w && r + 1 < rows)
             for (size_t k = 0; k < sizeof(T) * (size_t)w; k += 64)
                 __builtin_prefetch((char *)(orow + stride) + k, 1, 3);
 #endif
@@ -807,13 +809,14 @@ static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64
     const T *x = jb->x + off, *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
     T *out = jb->out + off;
     if (!jb->stream) {
-        FN(cl_apply_rows)(jb->op, jb->relu, coef, x, dy, y, out, rows, stride, w);
+        FN(cl_apply_rows)(jb->op, jb->relu, coef, x, dy, y, out, rows, stride, w,
+                          jb->plan.prefetch);
         return;
     }
     for (int64_t r = 0; r < rows; r++) {
         const int64_t o = r * stride;
         FN(cl_apply_rows)(jb->op, jb->relu, coef, x + o, dy ? dy + o : NULL, y ? y + o : NULL,
-                          buf, 1, stride, w);
+                          buf, 1, stride, w, jb->plan.prefetch);
         cbn_stream_bytes(out + o, buf, sizeof(T) * (size_t)w);
     }
 }
@@ -899,7 +902,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     const int64_t W = CBN_COLUMN_WIDTH;
     double *s = (double *)scratch, *q = s + W, *col = q + W;   /* col: pivot per column */
     T *center = (T *)(col + W);          /* backward: the mean per column */
-    FN(tile) t = {0, p->N, g0 * S, w};
+    FN(tile) t = {0, p->N, g0 * S, w, p->prefetch};
     for (int64_t c = g0; c < g1; c++) {
         double *restrict pc = col + (c - g0) * S;
         T *restrict mc = center + (c - g0) * S;
@@ -924,7 +927,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
             FN(finalize_backward)(jb, c, sums[0], sums[1], 1, kc);
         } else if (FN(finalize_train)(jb, c, jb->pivot[c], sums[0], sums[1], 0, 1, kc, &mean)) {
             /* cancelled: sum this channel's columns again around its mean */
-            FN(tile) tc = {0, p->N, c * S, S};
+            FN(tile) tc = {0, p->N, c * S, S, p->prefetch};
             for (int64_t j = j0; j < j0 + S; j++) col[j] = mean, s[j] = q[j] = 0.0;
             FN(cl_shifted_sums)(jb->x, stride, tc, col + j0, s + j0, q + j0);
             FN(fold_columns)(s, q, S, j0, sums);
@@ -1137,6 +1140,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     cbn_plan *p = &jb->plan;
     cbn_make_plan(p, N, C, S, layout, n_threads);
     jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
+    p->prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
     const int64_t n_part = jb->apply_only ? 0
                            : p->channels_last ? 2 * p->n_row_blocks * C
                                               : 2 * p->n_units;

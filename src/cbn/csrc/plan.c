@@ -50,4 +50,5 @@ void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layo
     if (t > p->n_units) t = p->n_units;
     if (t < 1) t = 1;
     p->n_threads = (int)t;
+    p->prefetch = 0;
 }

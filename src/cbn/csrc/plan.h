@@ -32,6 +32,11 @@
 #endif
 /* Values computed in L1 before being streamed out. */
 #define CBN_STREAM_BLOCK 1024
+/* Inputs smaller than this stay in cache between calls; the kernels then skip their software
+ * prefetches, which would only cost instructions. */
+#ifndef CBN_PREFETCH_MIN_BYTES
+#define CBN_PREFETCH_MIN_BYTES (1024 * 1024)
+#endif
 /* Below this many values per thread, waking another thread costs more than it saves. */
 #ifndef CBN_MIN_VALUES_PER_THREAD
 #define CBN_MIN_VALUES_PER_THREAD 16384
@@ -50,6 +55,7 @@ typedef struct {
     int64_t n_row_blocks, n_col_tiles;
     int64_t n_units;        /* chunks (channels-first: C*n_chunks) or blocks x tiles */
     int n_threads;          /* threads this call will use */
+    int prefetch;           /* software prefetch on (set by the kernels: the data is large) */
 } cbn_plan;
 
 /* Fills *p for x of (N, C, S, layout), choosing the cheaper equivalent view (C == 1 or S == 1
