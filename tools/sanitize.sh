@@ -10,8 +10,6 @@
 #   * the >2^31-element test (marked slow): 8.6 GB under ASan's shadow memory is too slow;
 #   * tests/test_leaks.py: ASan's quarantine holds freed memory and PYTHONMALLOC=malloc changes
 #     what tracemalloc sees, so memory accounting means nothing here (it runs in the plain suite);
-#   * test_embed.py::test_same_flags_bit_identical: it compares bits with a separately built,
-#     uninstrumented binary; instrumentation changes how the kernels' sums are vectorized;
 #   * test_example.py::test_main_prints_and_returns_histories: it draws a plot when matplotlib
 #     is installed, and matplotlib's C++ font module aborts under ASan's __cxa_throw interceptor
 #     (not cbn code; the example's training itself still runs in test_example.py's other test).
@@ -106,7 +104,6 @@ if [ $# -gt 0 ]; then
     selection=("$@")
 else
     selection=(tests -m "not slow" --ignore=tests/test_leaks.py
-               --deselect tests/test_embed.py::test_same_flags_bit_identical
                --deselect tests/test_example.py::test_main_prints_and_returns_histories)
 fi
 echo "== sanitize.sh: pytest ${selection[*]}  (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
