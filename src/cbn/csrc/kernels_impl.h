@@ -83,7 +83,22 @@ typedef struct {
     unsigned char *again;         /* C: channels-last channels to sum again around the mean */
     int stream;                   /* write the output with streaming stores (it exceeds cache) */
     char *column_scratch;         /* channels-first column mode: per-thread work arrays */
+    int redo;                     /* channels-last training: some channel needs a second sum */
 } FN(job);
+
+/* Runs fn(jb, t, nt) for t = 0..n-1 on n threads. One thread calls it directly: an OpenMP
+ * region costs about 0.3 us even for one thread, a good share of a small call. (The bodies'
+ * barriers are then orphaned, which OpenMP defines as a team of one.) */
+#define RUN_THREADS(n, fn, jb)                                                                  \
+    do {                                                                                        \
+        const int n_ = (n);                                                                     \
+        if (n_ <= 1) {                                                                          \
+            fn(jb, 0, 1);                                                                       \
+        } else {                                                                                \
+            _Pragma("omp parallel num_threads(n_)")                                             \
+            fn(jb, omp_get_thread_num(), omp_get_num_threads());                                \
+        }                                                                                       \
+    } while (0)
 
 /* ---- contiguous-run primitives -------------------------------------------------------------
  * The reductions keep LANES partial sums, element i going to lane i % LANES, and add the lanes
@@ -521,7 +536,7 @@ static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
 static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char *scratch);
 static size_t FN(column_scratch_bytes)(void);
 
-static void FN(cf_run_job)(const FN(job) *jb)
+static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
 {
     const cbn_plan *p = &jb->plan;
     const int64_t U = p->n_units, K = p->n_chunks, C = p->C;
@@ -530,9 +545,7 @@ static void FN(cf_run_job)(const FN(job) *jb)
     int64_t group = CBN_GROUP_BYTES / (p->M * arrays * (int64_t)sizeof(T));
     if (group < 1) group = 1;
     double *part = jb->partials;
-#pragma omp parallel num_threads(p->n_threads)
     {
-        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
         const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
         if (p->columns) {         /* units are whole channels here */
             int64_t g = CBN_COLUMN_WIDTH / p->S;
@@ -583,6 +596,11 @@ static void FN(cf_run_job)(const FN(job) *jb)
         cbn_stream_fence();
         }
     }
+}
+
+static void FN(cf_run_job)(const FN(job) *jb)
+{
+    RUN_THREADS(jb->plan.n_threads, FN(cf_thread), jb);
 }
 
 /* ---- channels-last: unit = (row block, column tile) ----------------------------------------
@@ -1057,14 +1075,11 @@ static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
  * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
  * thread applies about the row blocks it reduced, last first: those were read most recently and
  * are the ones still in cache when the tensor does not fit. */
-static void FN(cl_run_job)(FN(job) *jb)
+static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
 {
     const cbn_plan *p = &jb->plan;
     const int64_t U = p->n_units, C = p->C;
-    int redo = 0;
-#pragma omp parallel num_threads(p->n_threads)
     {
-        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
         const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
         const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
         if (!jb->apply_only) {
@@ -1079,12 +1094,12 @@ static void FN(cl_run_job)(FN(job) *jb)
             }
             if (my_redo) {
 #pragma omp atomic write
-                redo = 1;
+                jb->redo = 1;
             }
 #pragma omp barrier
             int again;
 #pragma omp atomic read
-            again = redo;
+            again = jb->redo;
             if (again) {            /* all threads agree: a second pass, pivots at the means */
                 for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
 #pragma omp barrier
@@ -1110,6 +1125,12 @@ static void FN(cl_run_job)(FN(job) *jb)
         }
         cbn_stream_fence();
     }
+}
+
+static void FN(cl_run_job)(FN(job) *jb)
+{
+    jb->redo = 0;
+    RUN_THREADS(jb->plan.n_threads, FN(cl_thread), jb);
 }
 
 /* ---- shared entry plumbing ------------------------------------------------------------------ */
@@ -1168,6 +1189,14 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     return CBN_OK;
 }
 
+/* Apply-only channels-first: thread t of nt takes its share of the runs in storage order. */
+static void FN(cf_apply_thread)(FN(job) *jb, int64_t t, int64_t nt)
+{
+    const int64_t R = jb->plan.N * jb->plan.C;
+    FN(cf_apply_runs)(jb, R * t / nt, R * (t + 1) / nt);
+    cbn_stream_fence();
+}
+
 static void FN(run_job)(FN(job) *jb)
 {
     if (jb->plan.channels_last) {
@@ -1175,13 +1204,7 @@ static void FN(run_job)(FN(job) *jb)
     } else if (!jb->apply_only) {
         FN(cf_run_job)(jb);
     } else {            /* one pass in storage order, runs split evenly over threads */
-        const int64_t R = jb->plan.N * jb->plan.C;
-#pragma omp parallel num_threads(jb->plan.n_threads)
-        {
-            const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-            FN(cf_apply_runs)(jb, R * t / nt, R * (t + 1) / nt);
-            cbn_stream_fence();
-        }
+        RUN_THREADS(jb->plan.n_threads, FN(cf_apply_thread), jb);
     }
     free(jb->partials);
 }
@@ -1421,6 +1444,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
 }
 
 #undef CF_FOR_PIECES
+#undef RUN_THREADS
 #undef MULADD
 #undef LANES
 #undef CL_PREFETCH_COLUMNS
