@@ -858,7 +858,7 @@ static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
     const int64_t C = p->C, r0 = rb * p->row_block;
     const int64_t r1 = r0 + p->row_block < p->rows ? r0 + p->row_block : p->rows;
     T buf[CBN_MAX_COL_TILE];
-    if (p->n_col_tiles == 1) {
+    if (p->n_col_tiles == 1 || !jb->stream) {      /* whole rows (buf: streaming only) */
         FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf);
         return;
     }
