@@ -23,7 +23,9 @@
 #define CBN_UNIT_VALUES 65536
 /* Channels-first runs this short (S values) are processed as columns, at most
  * CBN_COLUMN_WIDTH columns (whole channels) at a time. */
+#ifndef CBN_COLUMN_MAX_S
 #define CBN_COLUMN_MAX_S 128
+#endif
 #define CBN_COLUMN_WIDTH 1024
 /* Outputs of at least this many bytes are written with streaming stores: they would not stay
  * in cache anyway, and streaming saves reading each output line before writing it. */
