@@ -10,13 +10,11 @@ The program is compiled twice from the repository's sources:
   the same input. The thread count does not matter (results are bit-identical for every
   n_threads), and -ffp-contract=off rules out fused multiply-adds the compiler could choose
   differently.
-* with the plain command documented in the README. Without -march=native the `omp simd`
-  reductions over a contiguous run (channels-first with H*W > 256, embed's case 4) are vectorized
-  at another width, so their float64 partial sums are added in another order: outputs then agree
-  to a few units in the last place, not to the bit (on an AVX-512 machine, up to about
-  8 * eps * max|output| in float64; float32 outputs, rounded from double sums, rarely move).
-  The column-wise sums (channels-last, short channels-first runs) keep one order per column at
-  every vector width.
+* with the plain command documented in the README. The sums' order is fixed by the source (32
+  lanes), but without -march=native the compiler has no FMA instruction, so the sums of squares
+  and products round each a*b + c twice instead of once: outputs then agree to a few units in
+  the last place, not to the bit (up to about 8 * eps * max|output| in float64; float32 outputs,
+  rounded from double sums, rarely move).
 """
 import math
 import os

@@ -87,8 +87,10 @@ typedef struct {
 } FN(job);
 
 /* Runs fn(jb, t, nt) for t = 0..n-1 on n threads. One thread calls it directly: an OpenMP
- * region costs about 0.3 us even for one thread, a good share of a small call. (The bodies'
- * barriers are then orphaned, which OpenMP defines as a team of one.) */
+ * region costs about 0.3 us even for one thread, a good share of a small call. The bodies then
+ * must not meet at an OpenMP barrier: called from inside a caller's parallel region, it would
+ * bind to the caller's team (and hang when only some of its threads are in cbn). Hence
+ * TEAM_BARRIER, a barrier only when the call runs its own team of nt > 1 threads. */
 #define RUN_THREADS(n, fn, jb)                                                                  \
     do {                                                                                        \
         const int n_ = (n);                                                                     \
@@ -97,6 +99,13 @@ typedef struct {
         } else {                                                                                \
             _Pragma("omp parallel num_threads(n_)")                                             \
             fn(jb, omp_get_thread_num(), omp_get_num_threads());                                \
+        }                                                                                       \
+    } while (0)
+
+#define TEAM_BARRIER(nt)                                                                        \
+    do {                                                                                        \
+        if ((nt) > 1) {                                                                         \
+            _Pragma("omp barrier")                                                              \
         }                                                                                       \
     } while (0)
 
@@ -573,7 +582,7 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
         for (int64_t u = own1 * K > u0 ? own1 * K : u0; u < u1; u++)
             FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
                                 part + 2 * u);
-#pragma omp barrier
+        TEAM_BARRIER(nt);
         /* Channels cut by a range boundary: at most the one holding u0 and the one holding
          * u1 - 1. All of them are finalized before any is applied, because a second pass over a
          * channel reads all of its x, which in place (y == x) another thread's apply would be
@@ -586,7 +595,7 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
 #undef WHOLLY_MINE
         if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, k_lo);
         if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, k_hi);
-#pragma omp barrier
+        TEAM_BARRIER(nt);
         if (!jb->reduce_only)
             for (int64_t u = u0; u < u1; u++) {
                 const int64_t c = u / K;
@@ -1084,7 +1093,7 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
         const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
         if (!jb->apply_only) {
             for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
-#pragma omp barrier
+            TEAM_BARRIER(nt);
             FN(cl_fold)(jb, c0, c1);
             int my_redo = 0;
             if (jb->op == OP_TRAIN) {
@@ -1096,13 +1105,13 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
 #pragma omp atomic write
                 jb->redo = 1;
             }
-#pragma omp barrier
+            TEAM_BARRIER(nt);
             int again;
 #pragma omp atomic read
             again = jb->redo;
             if (again) {            /* all threads agree: a second pass, pivots at the means */
                 for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
-#pragma omp barrier
+                TEAM_BARRIER(nt);
                 FN(cl_fold)(jb, c0, c1);
                 for (int64_t c = c0; c < c1; c++) {
                     T kc[N_COEF];
@@ -1112,7 +1121,7 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
                                        kc, &mean);
                     for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
                 }
-#pragma omp barrier
+                TEAM_BARRIER(nt);
             }
         }
         /* by whole row blocks when there are enough to go round, else by units */
@@ -1445,6 +1454,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
 
 #undef CF_FOR_PIECES
 #undef RUN_THREADS
+#undef TEAM_BARRIER
 #undef MULADD
 #undef LANES
 #undef CL_PREFETCH_COLUMNS
