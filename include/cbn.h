@@ -61,8 +61,10 @@
  * twice, so its last bits may differ from a portable build's.)
  * Thread safety: the library has no global or static mutable state. Calls are reentrant and may
  * run concurrently from several threads as long as no call writes an array another call reads
- * or writes. Each call opens its own OpenMP parallel region; called from inside a parallel
- * region it follows the OpenMP runtime's nesting settings (usually one thread per call).
+ * or writes. A call on several threads opens its own OpenMP parallel region (a call that will
+ * use one thread, small inputs or n_threads = 1, opens none); called from inside a parallel
+ * region it follows the OpenMP runtime's nesting settings (usually one thread per call) and
+ * never waits at the enclosing team's barriers, so any subset of its threads may call cbn.
  *
  * Errors. Kernels return CBN_OK (0) or a negative code and write nothing when they fail: every
  * argument is checked, and scratch allocated, before the first output is written.
