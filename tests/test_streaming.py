@@ -1,6 +1,6 @@
 """Outputs past the streaming-store threshold (16 MB): the kernels then compute blocks in L1 and
-stream them out, a path of its own in every layout. Checked against the float64 reference and
-for bit-identity across thread counts."""
+stream them out, a path of its own in every layout. Checked against the float64 reference, for
+bit-identity across thread counts and in place."""
 import numpy as np
 import pytest
 
@@ -18,15 +18,16 @@ STREAM_CASES = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", STREAM_CASES, ids=case_id)
-def test_streamed_outputs_match_reference(rng, case):
+def test_streamed_outputs_match_reference(rng, case, dtype):
     layout, shape = case
     C = n_channels(shape, layout)
-    x = make_x(rng, shape, np.float32, layout, loc=1.0)
-    dy = make_x(rng, shape, np.float32, layout)
+    x = make_x(rng, shape, dtype, layout, loc=1.0)
+    dy = make_x(rng, shape, dtype, layout)
     assert x.nbytes >= 16 * 1024 * 1024
-    weight, bias = make_params(rng, C, np.float32)
-    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    weight, bias = make_params(rng, C, dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
 
     y, mean, invstd = cbn.batch_norm_train(x, weight, bias, layout=layout)
     ey, emean, einvstd, _, _ = ref.batch_norm_train(f64(x), f64(weight), f64(bias),
@@ -46,10 +47,21 @@ def test_streamed_outputs_match_reference(rng, case):
     assert_close(yi, ref.batch_norm_infer(f64(x), f64(rm), f64(rv), f64(weight), f64(bias),
                                           layout=layout))
 
-    # one thread and two threads split the work differently but must give the same bits
-    y1, _, _ = cbn.batch_norm_train(x, weight, bias, layout=layout, n_threads=1)
-    dx1, _, _ = cbn.batch_norm_backward(dy, x, mean, invstd, weight, layout=layout, n_threads=1)
-    y2, _, _ = cbn.batch_norm_train(x, weight, bias, layout=layout, n_threads=2)
-    dx2, _, _ = cbn.batch_norm_backward(dy, x, mean, invstd, weight, layout=layout, n_threads=2)
-    assert_identical(y1, y2)
-    assert_identical(dx1, dx2)
+    # 1, 2 and 3 threads split the work differently but must give the same bits
+    for n in (1, 3):
+        yn, _, _ = cbn.batch_norm_train(x, weight, bias, layout=layout, n_threads=n)
+        dxn, _, _ = cbn.batch_norm_backward(dy, x, mean, invstd, weight, layout=layout,
+                                            n_threads=n)
+        assert_identical(yn, y)
+        assert_identical(dxn, dx)
+
+    # in place (out=x, out=dy): the same bits as into fresh arrays
+    yi_expected = yi
+    xi, dyi = x.copy(), dy.copy()
+    cbn.batch_norm_backward(dyi, xi, mean, invstd, weight, layout=layout, out=dyi)
+    assert_identical(dyi, dx)
+    cbn.batch_norm_infer(xi, rm, rv, weight, bias, layout=layout, out=xi)
+    assert_identical(xi, yi_expected)
+    xi = x.copy()
+    cbn.batch_norm_train(xi, weight, bias, layout=layout, out=xi)
+    assert_identical(xi, y)

@@ -34,10 +34,12 @@ static int run_all(const shape *s, const float *x, const float *dy, float *out, 
 
 int main(void)
 {
-    /* channels-first long runs, short runs (columns), channels-last narrow and wide, one channel
-     * far from zero (its second, mean-centred sum) */
-    const shape shapes[] = {{8, 3, 5000, CBN_CHANNELS_FIRST}, {16, 40, 49, CBN_CHANNELS_FIRST},
-                            {2000, 24, 1, CBN_CHANNELS_LAST}, {300, 700, 1, CBN_CHANNELS_LAST}};
+    /* channels-first long runs, short runs (columns), channels-last narrow and wide. Channel 1's
+     * first value lies far from the rest, and where a channel has more than 2^16 values (the
+     * first and third shapes) that makes its one-pass float sums cancel: it is summed again
+     * around its mean (the kernels' second pass). */
+    const shape shapes[] = {{8, 3, 10000, CBN_CHANNELS_FIRST}, {16, 40, 49, CBN_CHANNELS_FIRST},
+                            {70000, 24, 1, CBN_CHANNELS_LAST}, {300, 700, 1, CBN_CHANNELS_LAST}};
     int failures = 0;
     omp_set_dynamic(0);
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
@@ -49,9 +51,10 @@ int main(void)
         uint32_t state = 12345u + (uint32_t)k;
         for (int64_t i = 0; i < n; i++) {
             state = state * 1664525u + 1013904223u;
-            x[i] = (float)(state >> 8) / 16777216.0f + (i % s->C == 1 ? 1000.0f : 0.0f);
+            x[i] = (float)(state >> 8) / 16777216.0f;
             dy[i] = (float)((state >> 4) & 0xffff) / 65536.0f - 0.5f;
         }
+        x[s->layout == CBN_CHANNELS_FIRST ? s->S : 1] = 1.0e6f;     /* channel 1's first value */
         if (run_all(s, x, dy, ref, 1)) return 2;
 
         /* every thread of the caller's team at once, each with its own outputs */
@@ -63,11 +66,16 @@ int main(void)
         {
             if (omp_get_thread_num() == TEAM - 1) rc |= run_all(s, x, dy, outs, 1);
         }
-        /* nested: the call asks for 2 threads inside a team (nesting off: it gets one) */
+        /* nested: the call asks for 2 threads inside a team, with nesting off (it gets one)
+         * and on (its own team of two, whose barriers are its own) */
+        for (int levels = 1; levels <= 2; levels++) {
+            omp_set_max_active_levels(levels);
 #pragma omp parallel num_threads(TEAM) reduction(| : rc)
-        {
-            if (omp_get_thread_num() == 0) rc |= run_all(s, x, dy, outs + n_out, 2);
+            {
+                if (omp_get_thread_num() == 0) rc |= run_all(s, x, dy, outs + n_out * levels, 2);
+            }
         }
+        omp_set_max_active_levels(1);
         if (rc) return 3;
         for (int t = 0; t < TEAM; t++)
             if (memcmp(outs + n_out * t, ref, sizeof(float) * n_out) != 0) {

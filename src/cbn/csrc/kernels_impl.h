@@ -86,7 +86,8 @@ typedef struct {
     int redo;                     /* channels-last training: some channel needs a second sum */
 } FN(job);
 
-/* Runs fn(jb, t, nt) for t = 0..n-1 on n threads. One thread calls it directly: an OpenMP
+/* Runs fn(jb, t, nt) on a team of up to n threads (t < nt: its size). One thread calls it
+ * directly: an OpenMP
  * region costs about 0.3 us even for one thread, a good share of a small call. The bodies then
  * must not meet at an OpenMP barrier: called from inside a caller's parallel region, it would
  * bind to the caller's team (and hang when only some of its threads are in cbn). Hence
@@ -117,13 +118,19 @@ typedef struct {
  * summed after it; each step prefetches the matching cache lines there, so the next run is
  * fetched as steadily as this one is read. The hardware prefetcher does not follow the jump
  * between one channel's runs. */
-#define LANES 32               /* add_lanes is written for 32 */
+#define LANES 32
+#if LANES != 32
+#error "add_lanes is written for 32 lanes"
+#endif
 
 /* the cache lines of one step's LANES values at p */
 static inline void FN(prefetch_step)(const T *p)
 {
 #if defined(__GNUC__)
-    for (size_t b = 0; b < LANES * sizeof(T); b += 64) __builtin_prefetch((const char *)p + b, 0, 3);
+    /* integer arithmetic: a step at the end of an array asks for lines past it (prefetches
+     * never fault), and a pointer formed there would be undefined */
+    for (uintptr_t b = 0; b < LANES * sizeof(T); b += 64)
+        __builtin_prefetch((const void *)((uintptr_t)p + b), 0, 3);
 #else
     (void)p;
 #endif
@@ -498,10 +505,9 @@ static void FN(cf_apply_chunk)(const FN(job) *jb, int64_t c, int64_t k, const T 
     CF_FOR_PIECES(&jb->plan, c, k, off, len) FN(cf_apply_piece)(jb, off, len, kc);
 }
 
-/* Runs r0 .. r1-1 in storage order (run r is (n, c) = (r / C, r % C)), coefficients from
- * jb->coef. */
-/* Runs [r0, r1) of op OP; OP is a constant at each use below, so run_apply's dispatch folds
- * away and a run costs little more than its vector loop (runs can be 49 values). */
+/* Runs [r0, r1) of op OP in storage order (run r is (n, c) = (r / C, r % C)), coefficients
+ * from jb->coef. OP is a constant at each use below, so run_apply's dispatch folds away and a
+ * run costs little more than its vector loop (runs can be 49 values). */
 #define CF_APPLY_RUNS(OP)                                                                       \
     for (int64_t r = r0; r < r1; r++) {                                                         \
         const T kc[N_COEF] = {center[c], scale[c], shift[c], b[c]};                             \
@@ -565,8 +571,10 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
             cbn_stream_fence();
         } else {
         const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
+        /* chunks before the first whole channel (all of them when the range lies inside one) */
+        const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
         T kc[N_COEF];
-        for (int64_t u = u0; u < u1 && u < own0 * K; u++)
+        for (int64_t u = u0; u < head_end; u++)
             FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
                                 part + 2 * u);
         for (int64_t g0 = own0; g0 < own1; g0 += group) {
@@ -579,7 +587,7 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
             if (!jb->reduce_only)
                 for (int64_t n = 0; n < p->N; n++) FN(cf_apply_runs)(jb, n * C + g0, n * C + g1);
         }
-        for (int64_t u = own1 * K > u0 ? own1 * K : u0; u < u1; u++)
+        for (int64_t u = own1 * K > head_end ? own1 * K : head_end; u < u1; u++)
             FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
                                 part + 2 * u);
         TEAM_BARRIER(nt);
@@ -1198,11 +1206,24 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     return CBN_OK;
 }
 
-/* Apply-only channels-first: thread t of nt takes its share of the runs in storage order. */
+/* Apply-only channels-first: thread t of nt takes its share of the runs in storage order or,
+ * with few runs (a long single channel), of the values, cutting runs into pieces. */
 static void FN(cf_apply_thread)(FN(job) *jb, int64_t t, int64_t nt)
 {
-    const int64_t R = jb->plan.N * jb->plan.C;
-    FN(cf_apply_runs)(jb, R * t / nt, R * (t + 1) / nt);
+    const int64_t C = jb->plan.C, S = jb->plan.S, R = jb->plan.N * C;
+    if (R >= 8 * nt) {
+        FN(cf_apply_runs)(jb, R * t / nt, R * (t + 1) / nt);
+    } else {
+        const int64_t v1 = R * S * (t + 1) / nt;
+        for (int64_t v = R * S * t / nt; v < v1;) {
+            const int64_t r = v / S, c = r % C;
+            const int64_t len = (r + 1) * S < v1 ? (r + 1) * S - v : v1 - v;
+            const T kc[N_COEF] = {jb->coef[K_CENTER][c], jb->coef[K_SCALE][c],
+                                  jb->coef[K_SHIFT][c], jb->coef[K_B][c]};
+            FN(cf_apply_piece)(jb, v, len, kc);
+            v += len;
+        }
+    }
     cbn_stream_fence();
 }
 

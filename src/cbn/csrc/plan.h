@@ -20,6 +20,9 @@
 #ifndef CBN_MAX_COL_TILE
 #define CBN_MAX_COL_TILE 512
 #endif
+#if CBN_MAX_COL_TILE < 1 || CBN_MAX_COL_TILE > 4096
+#error "CBN_MAX_COL_TILE must be in [1, 4096] (a tile's row is buffered on the stack)"
+#endif
 #define CBN_UNIT_VALUES 65536
 /* Channels-first runs this short (S values) are processed as columns, at most
  * CBN_COLUMN_WIDTH columns (whole channels) at a time. */
@@ -27,6 +30,9 @@
 #define CBN_COLUMN_MAX_S 128
 #endif
 #define CBN_COLUMN_WIDTH 1024
+#if CBN_COLUMN_MAX_S > CBN_COLUMN_WIDTH
+#error "CBN_COLUMN_MAX_S must not exceed CBN_COLUMN_WIDTH: a column group holds whole channels"
+#endif
 /* Outputs of at least this many bytes are written with streaming stores: they would not stay
  * in cache anyway, and streaming saves reading each output line before writing it. */
 #ifndef CBN_STREAM_MIN_BYTES
@@ -42,6 +48,9 @@
 /* Below this many values per thread, waking another thread costs more than it saves. */
 #ifndef CBN_MIN_VALUES_PER_THREAD
 #define CBN_MIN_VALUES_PER_THREAD 16384
+#endif
+#if CBN_MIN_VALUES_PER_THREAD < 1
+#error "CBN_MIN_VALUES_PER_THREAD must be at least 1"
 #endif
 
 typedef struct {
