@@ -570,47 +570,48 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
                 FN(cf_column_group)(jb, g0, g0 + g < u1 ? g0 + g : u1, scratch);
             cbn_stream_fence();
         } else {
-        const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
-        /* chunks before the first whole channel (all of them when the range lies inside one) */
-        const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
-        T kc[N_COEF];
-        for (int64_t u = u0; u < head_end; u++)
-            FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
-                                part + 2 * u);
-        for (int64_t g0 = own0; g0 < own1; g0 += group) {
-            const int64_t g1 = g0 + group < own1 ? g0 + group : own1;
-            FN(cf_reduce_group)(jb, g0, g1, part);
-            for (int64_t c = g0; c < g1; c++) {
-                FN(cf_finalize)(jb, c, part, 1, kc);
-                for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+            const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
+            /* chunks before the first whole channel (all, if the range lies inside one) */
+            const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
+            T kc[N_COEF];
+            for (int64_t u = u0; u < head_end; u++)
+                FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+                                    part + 2 * u);
+            for (int64_t g0 = own0; g0 < own1; g0 += group) {
+                const int64_t g1 = g0 + group < own1 ? g0 + group : own1;
+                FN(cf_reduce_group)(jb, g0, g1, part);
+                for (int64_t c = g0; c < g1; c++) {
+                    FN(cf_finalize)(jb, c, part, 1, kc);
+                    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+                }
+                if (!jb->reduce_only)
+                    for (int64_t n = 0; n < p->N; n++)
+                        FN(cf_apply_runs)(jb, n * C + g0, n * C + g1);
             }
-            if (!jb->reduce_only)
-                for (int64_t n = 0; n < p->N; n++) FN(cf_apply_runs)(jb, n * C + g0, n * C + g1);
-        }
-        for (int64_t u = own1 * K > head_end ? own1 * K : head_end; u < u1; u++)
-            FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
-                                part + 2 * u);
-        TEAM_BARRIER(nt);
-        /* Channels cut by a range boundary: at most the one holding u0 and the one holding
-         * u1 - 1. All of them are finalized before any is applied, because a second pass over a
-         * channel reads all of its x, which in place (y == x) another thread's apply would be
-         * overwriting. */
-        const int64_t c_lo = u0 / K, c_hi = (u1 - 1) / K;
-        T k_lo[N_COEF], k_hi[N_COEF];
+            for (int64_t u = own1 * K > head_end ? own1 * K : head_end; u < u1; u++)
+                FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+                                    part + 2 * u);
+            TEAM_BARRIER(nt);
+            /* Channels cut by a range boundary: at most the one holding u0 and the one
+             * holding u1 - 1. All of them are finalized before any is applied, because a second
+             * pass over a channel reads all of its x, which in place (y == x) another thread's
+             * apply would be overwriting. */
+            const int64_t c_lo = u0 / K, c_hi = (u1 - 1) / K;
+            T k_lo[N_COEF], k_hi[N_COEF];
 #define WHOLLY_MINE(c) ((c) >= own0 && (c) < own1)
-        const int cut_lo = u1 > u0 && !WHOLLY_MINE(c_lo);
-        const int cut_hi = u1 > u0 && c_hi != c_lo && !WHOLLY_MINE(c_hi);
+            const int cut_lo = u1 > u0 && !WHOLLY_MINE(c_lo);
+            const int cut_hi = u1 > u0 && c_hi != c_lo && !WHOLLY_MINE(c_hi);
 #undef WHOLLY_MINE
-        if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, k_lo);
-        if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, k_hi);
-        TEAM_BARRIER(nt);
-        if (!jb->reduce_only)
-            for (int64_t u = u0; u < u1; u++) {
-                const int64_t c = u / K;
-                if (cut_lo && c == c_lo) FN(cf_apply_chunk)(jb, c, u - c * K, k_lo);
-                else if (cut_hi && c == c_hi) FN(cf_apply_chunk)(jb, c, u - c * K, k_hi);
-            }
-        cbn_stream_fence();
+            if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, k_lo);
+            if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, k_hi);
+            TEAM_BARRIER(nt);
+            if (!jb->reduce_only)
+                for (int64_t u = u0; u < u1; u++) {
+                    const int64_t c = u / K;
+                    if (cut_lo && c == c_lo) FN(cf_apply_chunk)(jb, c, u - c * K, k_lo);
+                    else if (cut_hi && c == c_hi) FN(cf_apply_chunk)(jb, c, u - c * K, k_hi);
+                }
+            cbn_stream_fence();
         }
     }
 }
