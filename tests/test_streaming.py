@@ -6,7 +6,8 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import assert_close, assert_identical, case_id, f64, make_params, make_x, n_channels
+from conftest import (DTYPES, assert_close, assert_identical, case_id, f64, make_params, make_x,
+                      n_channels)
 
 # float32, just over 16 MB each: channels-first with long runs, channels-first in column mode
 # (runs of 49), channels-last narrower and wider than a column tile (512)
@@ -18,7 +19,7 @@ STREAM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", STREAM_CASES, ids=case_id)
 def test_streamed_outputs_match_reference(rng, case, dtype):
     layout, shape = case

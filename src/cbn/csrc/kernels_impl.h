@@ -87,11 +87,11 @@ typedef struct {
 } FN(job);
 
 /* Runs fn(jb, t, nt) on a team of up to n threads (t < nt: its size). One thread calls it
- * directly: an OpenMP
- * region costs about 0.3 us even for one thread, a good share of a small call. The bodies then
- * must not meet at an OpenMP barrier: called from inside a caller's parallel region, it would
- * bind to the caller's team (and hang when only some of its threads are in cbn). Hence
- * TEAM_BARRIER, a barrier only when the call runs its own team of nt > 1 threads. */
+ * directly: an OpenMP region costs about 0.3 us even for one thread, a good share of a small
+ * call. The bodies then must not meet at an OpenMP barrier: called from inside a caller's
+ * parallel region, it would bind to the caller's team (and hang when only some of its threads
+ * are in cbn). Hence TEAM_BARRIER, a barrier only when the call runs its own team of nt > 1
+ * threads. */
 #define RUN_THREADS(n, fn, jb)                                                                  \
     do {                                                                                        \
         const int n_ = (n);                                                                     \
@@ -220,8 +220,7 @@ static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, doub
 /* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
  * stays NaN); y: the mask of a fused ReLU in backward. */
 static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
-                                 T *out,
-                          int64_t n, const T *k)
+                                 T *out, int64_t n, const T *k)
 {
     const T center = k[K_CENTER], scale = k[K_SCALE], shift = k[K_SHIFT], b = k[K_B];
     if (op == OP_BACKWARD) {
@@ -253,6 +252,17 @@ static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, c
 
 /* ---- finalize: a channel's summed partials -> coefficients and per-channel outputs --------- */
 
+/* Channel c's coefficients: into the job's per-channel arrays, and back out. */
+static inline void FN(store_coefs)(const FN(job) *jb, int64_t c, const T *kc)
+{
+    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+}
+
+static inline void FN(load_coefs)(const FN(job) *jb, int64_t c, T *kc)
+{
+    for (int i = 0; i < N_COEF; i++) kc[i] = jb->coef[i][c];
+}
+
 /* The finalize formulas, one channel at a time; finalize_train and the vectorized channels-last
  * finalize both use them, so both give the same bits. */
 
@@ -267,14 +277,17 @@ static inline double FN(train_m2)(double pivot, double s, double q, double M, do
 
 static inline int FN(train_cancelled)(double q, double m2) { return q > STATS_MAX_CANCEL * m2; }
 
-/* biased variance (M2 clamped at 0; NaN stays NaN) and 1/sqrt(var + eps) */
-static inline double FN(train_var)(double m2, double M) { return (m2 < 0.0 ? 0.0 : m2) / M; }
+/* M2 clamped at 0 (rounding can leave it just below); NaN stays NaN */
+static inline double FN(clamped_m2)(double m2) { return m2 < 0.0 ? 0.0 : m2; }
+
+/* biased variance and 1/sqrt(var + eps) */
+static inline double FN(train_var)(double m2, double M) { return FN(clamped_m2)(m2) / M; }
 static inline double FN(train_invstd)(double var, double eps) { return 1.0 / sqrt(var + eps); }
 
 /* the variance estimate the running variance follows */
 static inline double FN(running_var_estimate)(int unbiased, double m2, double var, double M)
 {
-    return unbiased ? (m2 < 0.0 ? 0.0 : m2) / (M - 1.0) : var;
+    return unbiased ? FN(clamped_m2)(m2) / (M - 1.0) : var;
 }
 
 static inline T FN(momentum_update)(T running, double momentum, double value)
@@ -339,7 +352,7 @@ static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double
     if (!write_outputs) return 0;
     if (jb->stat_a) {
         jb->stat_a[c] = mean;
-        jb->stat_b[c] = m2 < 0.0 ? 0.0 : m2;
+        jb->stat_b[c] = FN(clamped_m2)(m2);
     }
     if (jb->save_mean) jb->save_mean[c] = (T)mean;
     if (jb->save_invstd) jb->save_invstd[c] = (T)invstd;
@@ -437,7 +450,7 @@ static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, doubl
         for (int64_t c = c0; c < c1; c++) {
             const int64_t base = (n * p->C + c) * S;
             const double pivot = jb->op == OP_TRAIN ? jb->pivot[c] : 0.0;
-            const int64_t ahead = p->prefetch && n + 1 < p->N ? p->C * S : 0;
+            const int64_t ahead = cf_ahead(p, base);
             for (int64_t s = 0; s < S;) {
                 const int64_t m = n * S + s, k = m / p->chunk;
                 int64_t len = (k + 1) * p->chunk - m;
@@ -522,8 +535,8 @@ static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
     int64_t c = r0 % C;
     if (jb->stream) {               /* each run computed in L1 and streamed out */
         for (int64_t r = r0; r < r1; r++) {
-            const T kc[N_COEF] = {jb->coef[K_CENTER][c], jb->coef[K_SCALE][c],
-                                  jb->coef[K_SHIFT][c], jb->coef[K_B][c]};
+            T kc[N_COEF];
+            FN(load_coefs)(jb, c, kc);
             FN(cf_apply_piece)(jb, r * S, S, kc);
             if (++c == C) c = 0;
         }
@@ -582,7 +595,7 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
                 FN(cf_reduce_group)(jb, g0, g1, part);
                 for (int64_t c = g0; c < g1; c++) {
                     FN(cf_finalize)(jb, c, part, 1, kc);
-                    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+                    FN(store_coefs)(jb, c, kc);
                 }
                 if (!jb->reduce_only)
                     for (int64_t n = 0; n < p->N; n++)
@@ -969,7 +982,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
             FN(fold_columns)(s, q, S, j0, sums);
             FN(finalize_train)(jb, c, mean, sums[0], sums[1], 1, 1, kc, &mean);
         }
-        for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+        FN(store_coefs)(jb, c, kc);
     }
     if (!jb->reduce_only) FN(cf_column_apply)(jb, g0, g1, (T *)(col + W));
 }
@@ -1003,7 +1016,7 @@ static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t c1)
                 continue;
             }
             FN(finalize_train)(jb, c, jb->pivot[c], s[c], q[c], 1, 1, kc, &mn);
-            for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+            FN(store_coefs)(jb, c, kc);
         }
         return 1;
     }
@@ -1025,7 +1038,7 @@ static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t c1)
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) {
             a[c] = mean[c];
-            b[c] = m2[c] < 0.0 ? 0.0 : m2[c];
+            b[c] = FN(clamped_m2)(m2[c]);
         }
     }
     if (jb->save_mean) {
@@ -1128,18 +1141,19 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
                     if (!jb->again[c]) continue;
                     FN(finalize_train)(jb, c, jb->pivot[c], jb->sums[c], jb->sums[C + c], 1, 1,
                                        kc, &mean);
-                    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+                    FN(store_coefs)(jb, c, kc);
                 }
                 TEAM_BARRIER(nt);
             }
         }
         /* by whole row blocks when there are enough to go round, else by units */
         const int64_t B = p->n_row_blocks;
-        if (jb->reduce_only) {
-        } else if (B >= nt) {
-            for (int64_t rb = B * (t + 1) / nt; rb-- > B * t / nt;) FN(cl_apply_block)(jb, rb);
-        } else {
-            for (int64_t u = u1; u-- > u0;) FN(cl_apply_unit)(jb, u);
+        if (!jb->reduce_only) {
+            if (B >= nt)
+                for (int64_t rb = B * (t + 1) / nt; rb-- > B * t / nt;)
+                    FN(cl_apply_block)(jb, rb);
+            else
+                for (int64_t u = u1; u-- > u0;) FN(cl_apply_unit)(jb, u);
         }
         cbn_stream_fence();
     }
@@ -1219,8 +1233,8 @@ static void FN(cf_apply_thread)(FN(job) *jb, int64_t t, int64_t nt)
         for (int64_t v = R * S * t / nt; v < v1;) {
             const int64_t r = v / S, c = r % C;
             const int64_t len = (r + 1) * S < v1 ? (r + 1) * S - v : v1 - v;
-            const T kc[N_COEF] = {jb->coef[K_CENTER][c], jb->coef[K_SCALE][c],
-                                  jb->coef[K_SHIFT][c], jb->coef[K_B][c]};
+            T kc[N_COEF];
+            FN(load_coefs)(jb, c, kc);
             FN(cf_apply_piece)(jb, v, len, kc);
             v += len;
         }
@@ -1234,7 +1248,7 @@ static void FN(run_job)(FN(job) *jb)
         FN(cl_run_job)(jb);
     } else if (!jb->apply_only) {
         FN(cf_run_job)(jb);
-    } else {            /* one pass in storage order, runs split evenly over threads */
+    } else {            /* one pass in storage order, split evenly over threads */
         RUN_THREADS(jb->plan.n_threads, FN(cf_apply_thread), jb);
     }
     free(jb->partials);
@@ -1407,7 +1421,7 @@ int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_lay
     for (int64_t c = 0; c < C; c++) {
         T kc[N_COEF];
         FN(train_coefs)(&jb, c, mean[c], invstd[c], kc);
-        for (int i = 0; i < N_COEF; i++) jb.coef[i][c] = kc[i];
+        FN(store_coefs)(&jb, c, kc);
     }
     FN(run_job)(&jb);
     return CBN_OK;
@@ -1468,7 +1482,7 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
     for (int64_t c = 0; c < C; c++) {
         T kc[N_COEF];
         FN(backward_coefs)(&jb, c, sum_dy[c], sum_dy_xmu[c], count, kc);
-        for (int i = 0; i < N_COEF; i++) jb.coef[i][c] = kc[i];
+        FN(store_coefs)(&jb, c, kc);
     }
     FN(run_job)(&jb);
     return CBN_OK;
