@@ -205,8 +205,8 @@ class BatchNorm:
         ``torch.nn.BatchNorm*d`` (NumPy arrays, or anything ``np.asarray`` accepts).
 
         strict=True (as PyTorch): the keys must be exactly this layer's (which depend on
-        ``affine``, ``bias`` and ``track_running_stats``). strict=False: missing keys keep their value and
-        unexpected keys are ignored. Every value is checked before any is written (shape
+        ``affine``, ``bias`` and ``track_running_stats``). strict=False: missing keys keep their
+        value and unexpected keys are ignored. Every value is checked before any is written (shape
         ``(num_features,)``, real numbers; ``num_batches_tracked`` a non-negative integer
         scalar): on an error the layer is unchanged. Values are cast to the layer's dtype.
 
