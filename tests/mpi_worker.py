@@ -44,7 +44,7 @@ def case_data(case):
 
 def layer_kwargs(case):
     return dict(eps=case.get("eps", 1e-5), momentum=case.get("momentum", 0.1),
-                affine=case.get("affine", True),
+                affine=case.get("affine", True), bias=case.get("bias", True),
                 track_running_stats=case.get("track_running_stats", True),
                 layout=case["layout"], dtype=np.dtype(case["dtype"]),
                 activation=case.get("activation"))
@@ -55,17 +55,22 @@ def run_case(case, comm, SyncBatchNorm, out_dir):
     lo, hi = slices(case["sizes"])[rank]
     steps, x_eval, (w, b) = case_data(case)
     bn = SyncBatchNorm(case["C"], comm, **layer_kwargs(case))
-    if bn.affine:
+    if bn.weight is not None:
         bn.weight[...] = w
+    if bn.bias is not None:
         bn.bias[...] = b
     out = {}
     for i, (x, dy) in enumerate(steps):
         out[f"y{i}"] = bn(x[lo:hi])
         out[f"dx{i}"] = bn.backward(dy[lo:hi])
-        if bn.affine:
-            out[f"dw{i}"], out[f"db{i}"] = bn.grad_weight, bn.grad_bias
-            bn.weight -= case["lr"] * bn.grad_weight      # SGD with the global gradients
+        if bn.weight is not None:                           # SGD with the global gradients
+            out[f"dw{i}"] = bn.grad_weight
+            bn.weight -= case["lr"] * bn.grad_weight
+        if bn.bias is not None:
+            out[f"db{i}"] = bn.grad_bias
             bn.bias -= case["lr"] * bn.grad_bias
+        else:
+            assert bn.grad_bias is None
     for k, val in bn.state_dict().items():
         out["state_" + k] = val
     # state_dict / save / load round trip into a fresh layer, which then infers the same

@@ -116,6 +116,13 @@ def make_cases(P):
         # eval then uses each rank's own batch statistics: every rank needs some values
         dict(name="no-running-stats", layout="NHWC", dtype="float32", sample_shape=(5, 2),
              C=2, sizes=SIZES[P][3], track_running_stats=False),
+        dict(name="no-bias", layout="NCHW", dtype="float64", sample_shape=(3, 4), C=3,
+             sizes=SIZES[P][1], bias=False),
+        # every rank empty: empty outputs, zero gradients, running statistics kept, batch counted
+        dict(name="all-empty", layout="NCHW", dtype="float32", sample_shape=(3, 2, 2), C=3,
+             sizes=[0] * P, activation="relu"),
+        dict(name="all-empty-cumulative", layout="NHWC", dtype="float64", sample_shape=(4,),
+             C=4, sizes=[0] * P, momentum=None, eps=0.0),
     ]
     for j, case in enumerate(extra):
         cases.append(dict(dict(steps=3, lr=0.05, seed=1000 * P + 100 + j), **case))
@@ -144,6 +151,8 @@ def reference(case):
     C = case["C"]
     if not kw["affine"]:
         w = b = None
+    if not kw["bias"]:
+        b = None
     track = kw["track_running_stats"]
     rm, rv = (np.zeros(C, dtype), np.ones(C, dtype)) if track else (None, None)
     nbt = 0
@@ -158,11 +167,15 @@ def reference(case):
                                              activation=act)
         out[f"y{i}"], out[f"dx{i}"] = y, dx
         if w is not None:
-            out[f"dw{i}"], out[f"db{i}"] = dw, db
+            out[f"dw{i}"] = dw
             w = w - np.asarray(case["lr"], dtype) * dw
+        if b is not None:
+            out[f"db{i}"] = db
             b = b - np.asarray(case["lr"], dtype) * db
     if w is not None:
-        out["state_weight"], out["state_bias"] = w, b
+        out["state_weight"] = w
+    if b is not None:
+        out["state_bias"] = b
     if track:
         out["state_running_mean"], out["state_running_var"] = rm, rv
         out["state_num_batches_tracked"] = np.asarray(nbt)

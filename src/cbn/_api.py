@@ -34,10 +34,24 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     x = v.contiguous_input(x, y)
     save_mean = np.empty(C, dtype)
     save_invstd = np.empty(C, dtype)
+    if N * S == 0:
+        # An empty batch (PyTorch): y is empty and the running statistics stay as they are. The
+        # C kernel refuses M == 0 (its contract); here it has nothing to compute.
+        _empty_batch_stats(save_mean, save_invstd, eps)
+        return y, save_mean, save_invstd
     v.check_status(_core.train_forward(
         x, y, N, C, S, cl, weight, bias, running_mean, running_var, momentum, eps,
         bool(unbiased_running_var), save_mean, save_invstd, relu, n_threads))
     return y, save_mean, save_invstd
+
+
+def _empty_batch_stats(save_mean, save_invstd, eps):
+    """save_mean/save_invstd of an empty batch: mean 0 and variance 0, the statistics that
+    `cbn.split.batch_stats` gives for no values, so save_invstd = 1/sqrt(eps) (inf for eps=0).
+    Backward of an empty batch does not read them (its dweight and dbias are 0)."""
+    save_mean[...] = 0
+    with np.errstate(divide="ignore", over="ignore"):
+        save_invstd[...] = 1.0 / np.sqrt(np.float64(eps))
 
 
 batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x with its own batch statistics.
@@ -82,12 +96,16 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     save_mean, save_invstd : ndarray, shape (C,)
         Batch mean and 1/sqrt(var + eps), x's dtype: what `batch_norm_backward` takes.
 
+    An empty batch (M == 0, e.g. shape (0, C, H, W)) is allowed, as in PyTorch: y is empty,
+    the running statistics are not touched, save_mean is 0 and save_invstd 1/sqrt(eps), and
+    its backward gives dweight = dbias = 0.
+
     Raises
     ------
     TypeError
         x (or an output buffer) of a dtype other than float32/float64.
     ValueError
-        Bad shape, layout, eps, momentum, or M <= 1 values per channel. Nothing is written.
+        Bad shape, layout, eps, momentum, or M == 1 value per channel. Nothing is written.
 
     Examples
     --------

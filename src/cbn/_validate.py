@@ -156,7 +156,8 @@ def momentum_value(momentum):
 
 
 def enough_values(shape, N, S):
-    if N * S <= 1:
+    """Training needs 2+ values per channel; an empty batch (0 values) is allowed (PyTorch)."""
+    if N * S == 1:
         raise ValueError(
             "Expected more than 1 value per channel when training, "
             f"got input of shape {shape} ({N * S} value(s) per channel)")

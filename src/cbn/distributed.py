@@ -50,11 +50,13 @@ class SyncBatchNorm(BatchNorm):
     Same constructor, attributes and behaviour as `cbn.BatchNorm`, plus `comm`::
 
         SyncBatchNorm(num_features, comm=None, *, eps=1e-5, momentum=0.1, affine=True,
-                      track_running_stats=True, layout="NCHW", dtype=np.float32,
+                      track_running_stats=True, bias=True, layout="NCHW", dtype=np.float32,
                       activation=None, n_threads=None)
 
     Every rank calls the same methods in the same order with its own part of the batch (any
-    number of samples, 0 included). In training mode:
+    number of samples, 0 included; when every rank's part is empty, as for an empty batch in
+    `cbn.BatchNorm`, outputs are empty, gradients 0, the running statistics stay and the batch
+    is counted). In training mode:
 
     * ``forward(x)`` normalizes x with the mean and biased variance of the concatenation of
       every rank's x (in rank order), and updates the running statistics with the unbiased
@@ -76,8 +78,8 @@ class SyncBatchNorm(BatchNorm):
     comm : mpi4py.MPI.Intracomm, optional
         The ranks that share the batch; default ``MPI.COMM_WORLD``. Every rank of it must call
         forward/backward together (they are collective operations).
-    eps, momentum, affine, track_running_stats, layout, dtype, activation, n_threads
-        As for `cbn.BatchNorm`.
+    eps, momentum, affine, track_running_stats, bias, layout, dtype, activation, n_threads
+        As for `cbn.BatchNorm` (keyword-only here: comm is the second positional argument).
 
     Notes
     -----
@@ -142,12 +144,15 @@ class SyncBatchNorm(BatchNorm):
 
         # every rank combines the same gathered bits in rank order: identical results
         count, mean, m2 = split.combine_stats(parts[:, 0], parts[:, 1:1 + C], parts[:, 1 + C:])
-        if not count > 1:
+        if count == 1:
             raise ValueError(
                 "Expected more than 1 value per channel when training, got "
                 f"{int(count)} value(s) per channel over the {comm.Get_size()} rank(s) of comm "
                 f"(this rank's input has shape {x.shape})")
-        invstd = 1.0 / np.sqrt(m2 / count + self.eps)
+        # an empty batch on every rank has mean 0 and variance 0 (as in batch_norm_train)
+        var = m2 / count if count > 0 else m2
+        with np.errstate(divide="ignore"):
+            invstd = 1.0 / np.sqrt(var + self.eps)
         y = split.batch_norm_normalize(x, mean, invstd, self.weight, self.bias,
                                        layout=self.layout, activation=self.activation,
                                        n_threads=self.n_threads)
@@ -166,8 +171,11 @@ class SyncBatchNorm(BatchNorm):
 
     def _update_running(self, count, mean, m2):
         """PyTorch's update with the whole batch's unbiased variance, as the fused kernel does it
-        (float64 arithmetic, rounded once to the buffers' dtype)."""
+        (float64 arithmetic, rounded once to the buffers' dtype). An empty batch is counted but
+        leaves the statistics as they are (PyTorch)."""
         self.num_batches_tracked += 1
+        if count == 0:
+            return
         m = (1.0 / self.num_batches_tracked if self.momentum is None else float(self.momentum))
         rm, rv = self.running_mean, self.running_var
         rm[...] = (1.0 - m) * rm.astype(_F64) + m * mean
@@ -203,16 +211,18 @@ class SyncBatchNorm(BatchNorm):
         if sums[2 * C] != 0:
             _raise_if_failed(None, comm, "backward", n_failed=int(sums[2 * C]))
         sum_dy, sum_dy_xmu = sums[:C].copy(), sums[C:2 * C].copy()
+        dtype = saved["x"].dtype
+        if saved["count"] == 0:
+            # every rank's part is empty (dy was checked by the reduce): an empty dx and zero
+            # gradients (sum_dy_xmu * invstd would be 0 * inf = NaN for eps=0)
+            self._set_grads(sum_dy_xmu.astype(dtype), sum_dy.astype(dtype))
+            return np.empty(saved["x"].shape, dtype)
         dx = split.batch_norm_backward_dx(
             dy, saved["x"], saved["mean"], saved["invstd"], sum_dy, sum_dy_xmu, saved["count"],
             saved["weight"], y=saved["y"], activation=self.activation, layout=self.layout,
             n_threads=self.n_threads)
-        if self.affine:
-            dtype = saved["x"].dtype
-            self.grad_weight = (sum_dy_xmu * saved["invstd"].astype(_F64)).astype(dtype)
-            self.grad_bias = sum_dy.astype(dtype)
-        else:
-            self.grad_weight = self.grad_bias = None
+        self._set_grads((sum_dy_xmu * saved["invstd"].astype(_F64)).astype(dtype),
+                        sum_dy.astype(dtype))
         return dx
 
 

@@ -1,4 +1,5 @@
-"""cbn.BatchNorm: the stateful batch-normalization layer (PyTorch's BatchNorm semantics)."""
+"""cbn.BatchNorm (and BatchNorm1d/2d/3d): the stateful batch-normalization layer, a drop-in for
+torch.nn.BatchNorm*d on NumPy arrays (PyTorch's constructor, semantics and state_dict keys)."""
 from collections import namedtuple
 
 import numpy as np
@@ -6,7 +7,7 @@ import numpy as np
 from . import _api
 from . import _validate as v
 
-__all__ = ["BatchNorm"]
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -14,19 +15,27 @@ _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_
 class BatchNorm:
     """Stateful batch normalization layer with PyTorch's semantics (``torch.nn.BatchNorm*d``).
 
+    The first five parameters are PyTorch's, in PyTorch's order (``BatchNorm(3, 1e-3, 0.8,
+    True, False)`` means what ``torch.nn.BatchNorm2d(3, 1e-3, 0.8, True, False)`` does); the
+    others are keyword-only. Any input rank >= 2 is accepted; `BatchNorm1d`, `BatchNorm2d` and
+    `BatchNorm3d` also check the rank as PyTorch's classes of those names do.
+
     Parameters
     ----------
     num_features : int
         C, the number of channels.
     eps : float, default 1e-5
     momentum : float or None, default 0.1
-        Weight of the new batch in the running statistics; None: cumulative average (factor
-        ``1 / num_batches_tracked``). Keras/ONNX momentum m is cbn's ``1 - m``.
+        Weight of the new batch in the running statistics, in [0, 1]; None: cumulative average
+        (factor ``1 / num_batches_tracked``). Keras/ONNX momentum m is cbn's ``1 - m``.
     affine : bool, default True
         Learnable ``weight`` (ones) and ``bias`` (zeros); None when False.
     track_running_stats : bool, default True
         Keep ``running_mean``/``running_var`` (zeros/ones) and ``num_batches_tracked``; when
         False, batch statistics are used in eval mode too.
+    bias : bool, default True
+        With ``affine=True``, False gives a weight without a bias (PyTorch's ``bias=False``):
+        ``bias`` and ``grad_bias`` are None and ``state_dict()`` has no ``"bias"``.
     layout : {"NCHW", "NHWC", "channels_first", "channels_last"}, default "NCHW"
     dtype : float32 or float64, default float32
         Of the parameters, buffers and the inputs the layer accepts.
@@ -39,10 +48,16 @@ class BatchNorm:
     ----------
     weight, bias, running_mean, running_var : ndarray or None
     num_batches_tracked : int
+        Training batches seen with ``track_running_stats``, empty batches included (as in
+        PyTorch: an empty batch leaves the running statistics as they are but is counted).
     training : bool
-        ``train(mode=True)`` / ``eval()`` switch it; both return the layer.
+        Training mode when True; ``train(mode=True)`` / ``eval()`` set it and return the layer,
+        and assigning it directly works too.
     grad_weight, grad_bias : ndarray or None
         Set by ``backward``.
+
+    An empty batch (``x.shape[0] == 0``, or a spatial size 0) gives an empty output, and its
+    backward zero gradients; one value per channel in training raises ValueError (PyTorch too).
 
     Examples
     --------
@@ -54,9 +69,12 @@ class BatchNorm:
     >>> y_eval = bn.eval()(x)                     # frozen running statistics
     """
 
-    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, layout="NCHW", dtype=np.float32, activation=None,
-                 n_threads=None):
+    # BatchNorm1d/2d/3d: the input ranks PyTorch's class of the same name accepts
+    _input_ranks = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True, layout="NCHW", dtype=np.float32,
+                 activation=None, n_threads=None):
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
             raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
         if num_features < 1:
@@ -75,17 +93,38 @@ class BatchNorm:
         self.dtype = dtype
         self.activation = activation
         self.n_threads = n_threads
-        self.weight = np.ones(C, dtype) if self.affine else None
-        self.bias = np.zeros(C, dtype) if self.affine else None
+        self.weight = np.empty(C, dtype) if self.affine else None
+        self.bias = np.empty(C, dtype) if self.affine and bias else None
         if self.track_running_stats:
-            self.running_mean = np.zeros(C, dtype)
-            self.running_var = np.ones(C, dtype)
+            self.running_mean = np.empty(C, dtype)
+            self.running_var = np.empty(C, dtype)
         else:
             self.running_mean = self.running_var = None
-        self.num_batches_tracked = 0
+        self.reset_parameters()
         self.training = True
         self.grad_weight = self.grad_bias = None
         self._saved = None
+
+    def reset_running_stats(self):
+        """running_mean = 0, running_var = 1 (in place), num_batches_tracked = 0."""
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+        self.num_batches_tracked = 0
+
+    def reset_parameters(self):
+        """reset_running_stats(), weight = 1 and bias = 0 (in place): a new layer's state."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
+                f"momentum={self.momentum}, affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}, layout={self.layout!r}, "
+                f"activation={self.activation!r})")
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -138,16 +177,23 @@ class BatchNorm:
         dx, dw, db = _api.batch_norm_backward(dy, x, mean, invstd, weight, layout=self.layout,
                                               y=y, activation=self.activation,
                                               n_threads=self.n_threads)
-        self.grad_weight, self.grad_bias = (dw, db) if self.affine else (None, None)
+        self._set_grads(dw, db)
         return dx
+
+    def _set_grads(self, dweight, dbias):
+        """grad_weight/grad_bias for the parameters the layer has, None for those it has not."""
+        self.grad_weight = dweight if self.weight is not None else None
+        self.grad_bias = dbias if self.bias is not None else None
 
     def state_dict(self):
         """Parameters and buffers as NumPy arrays under PyTorch's key names (weight, bias,
-        running_mean, running_var, num_batches_tracked), so they move to and from
-        ``torch.nn.BatchNorm*d``."""
+        running_mean, running_var, num_batches_tracked; those the layer has, as PyTorch), so
+        they move to and from ``torch.nn.BatchNorm*d``."""
         d = {}
-        if self.affine:
-            d["weight"], d["bias"] = self.weight.copy(), self.bias.copy()
+        if self.weight is not None:
+            d["weight"] = self.weight.copy()
+        if self.bias is not None:
+            d["bias"] = self.bias.copy()
         if self.track_running_stats:
             d["running_mean"] = self.running_mean.copy()
             d["running_var"] = self.running_var.copy()
@@ -159,8 +205,8 @@ class BatchNorm:
         ``torch.nn.BatchNorm*d`` (NumPy arrays, or anything ``np.asarray`` accepts).
 
         strict=True (as PyTorch): the keys must be exactly this layer's (which depend on
-        ``affine`` and ``track_running_stats``). strict=False: missing keys keep their value and
-        unexpected keys are ignored. Every value is checked before any is written (shape
+        ``affine``, ``bias`` and ``track_running_stats``). strict=False: missing keys keep their
+        value and unexpected keys are ignored. Every value is checked before any is written (shape
         ``(num_features,)``, real numbers; ``num_batches_tracked`` a non-negative integer
         scalar): on an error the layer is unchanged. Values are cast to the layer's dtype.
 
@@ -202,11 +248,35 @@ class BatchNorm:
             self.load_state_dict(dict(f))
         return self
 
+    def _check_input_dim(self, x):
+        """PyTorch's rank check of BatchNorm1d/2d/3d, with its wording (any rank >= 2 here)."""
+        if self._input_ranks is not None and x.ndim not in self._input_ranks:
+            wanted = " or ".join(f"{r}D" for r in self._input_ranks)
+            raise ValueError(f"expected {wanted} input (got {x.ndim}D input)")
+
+
+class BatchNorm1d(BatchNorm):
+    """`BatchNorm` for (N, C) or (N, C, L) input (channels-last: (N, C) or (N, L, C)), like
+    ``torch.nn.BatchNorm1d``; other ranks raise ValueError."""
+    _input_ranks = (2, 3)
+
+
+class BatchNorm2d(BatchNorm):
+    """`BatchNorm` for 4-D input, (N, C, H, W) (channels-last: (N, H, W, C)), like
+    ``torch.nn.BatchNorm2d``; other ranks raise ValueError."""
+    _input_ranks = (4,)
+
+
+class BatchNorm3d(BatchNorm):
+    """`BatchNorm` for 5-D input, (N, C, D, H, W) (channels-last: (N, D, H, W, C)), like
+    ``torch.nn.BatchNorm3d``; other ranks raise ValueError."""
+    _input_ranks = (5,)
 
 
 def _check_input(layer, x):
     """x as an ndarray of the layer's dtype with num_features channels in its layout."""
     x = v.float_array(x, "x")
+    layer._check_input_dim(x)
     if x.dtype != layer.dtype:
         raise TypeError(f"x must have the layer's dtype {layer.dtype}, got {x.dtype}")
     N, C, S = v.canonical_dims(x.shape, v.channels_last(layer.layout))
