@@ -40,7 +40,7 @@ static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off
 {
     if (jb->op == OP_TRAIN) FN(run_shifted_sums)(jb->x + off, len, pivot, ahead, acc);
     else FN(run_dy_sums)(jb->dy + off, jb->y ? jb->y + off : NULL, jb->x + off, len,
-                         (double)jb->in_mean[c], ahead, acc);
+                         (double)jb->backward.mean[c], ahead, acc);
 }
 
 /* Distance from a piece at `off` to the same place in the next run of its channel, or 0 when it
@@ -82,7 +82,7 @@ static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, doubl
 }
 
 /* Sum of a channel's chunk partials, in chunk order. */
-static void FN(cf_fold)(const cbn_plan *p, int64_t c, const double *part, double *s)
+static void FN(sum_chunk_partials)(const cbn_plan *p, int64_t c, const double *part, double *s)
 {
     const double *pc = part + 2 * c * p->n_chunks;
     s[0] = s[1] = 0.0;
@@ -95,16 +95,16 @@ static void FN(cf_fold)(const cbn_plan *p, int64_t c, const double *part, double
 /* Finalize channel c from its chunk partials. For training, a channel whose one-pass sums
  * cancelled is summed again around its mean, chunk by chunk, by the calling thread. */
 static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, int write_outputs,
-                            T *kc)
+                            T *coefs)
 {
     double s[2];
-    FN(cf_fold)(&jb->plan, c, part, s);
+    FN(sum_chunk_partials)(&jb->plan, c, part, s);
     if (jb->op == OP_BACKWARD) {
-        FN(finalize_backward)(jb, c, s[0], s[1], write_outputs, kc);
+        FN(finalize_backward)(jb, c, s[0], s[1], write_outputs, coefs);
         return;
     }
     double mean;
-    if (!FN(finalize_train)(jb, c, jb->pivot[c], s[0], s[1], 0, write_outputs, kc, &mean))
+    if (!FN(finalize_train)(jb, c, jb->pivot[c], s[0], s[1], 0, write_outputs, coefs, &mean))
         return;
     double t[2] = {0.0, 0.0}, chunk[2];
     for (int64_t k = 0; k < jb->plan.n_chunks; k++) {
@@ -112,30 +112,30 @@ static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, in
         t[0] += chunk[0];
         t[1] += chunk[1];
     }
-    FN(finalize_train)(jb, c, mean, t[0], t[1], 1, write_outputs, kc, &mean);
+    FN(finalize_train)(jb, c, mean, t[0], t[1], 1, write_outputs, coefs, &mean);
 }
 
 /* Elementwise pass over values [off, off+len) of one channel; with jb->stream, each block is
  * computed in L1 and then streamed out. */
-static void FN(cf_apply_piece)(const FN(job) *jb, int64_t off, int64_t len, const T *kc)
+static void FN(cf_apply_piece)(const FN(job) *jb, int64_t off, int64_t len, const T *coefs)
 {
     const T *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
     if (!jb->stream) {
-        FN(run_apply)(jb->op, jb->relu, jb->x + off, dy, y, jb->out + off, len, kc);
+        FN(run_apply)(jb->op, jb->relu, jb->x + off, dy, y, jb->out + off, len, coefs);
         return;
     }
     T buf[CBN_STREAM_BLOCK];
     for (int64_t i = 0; i < len; i += CBN_STREAM_BLOCK) {
         const int64_t n = len - i < CBN_STREAM_BLOCK ? len - i : CBN_STREAM_BLOCK;
         FN(run_apply)(jb->op, jb->relu, jb->x + off + i, dy ? dy + i : NULL, y ? y + i : NULL,
-                      buf, n, kc);
+                      buf, n, coefs);
         cbn_stream_bytes(jb->out + off + i, buf, sizeof(T) * (size_t)n);
     }
 }
 
-static void FN(cf_apply_chunk)(const FN(job) *jb, int64_t c, int64_t k, const T *kc)
+static void FN(cf_apply_chunk)(const FN(job) *jb, int64_t c, int64_t k, const T *coefs)
 {
-    CF_FOR_PIECES(&jb->plan, c, k, off, len) FN(cf_apply_piece)(jb, off, len, kc);
+    CF_FOR_PIECES(&jb->plan, c, k, off, len) FN(cf_apply_piece)(jb, off, len, coefs);
 }
 
 /* Runs [r0, r1) of op OP in storage order (run r is (n, c) = (r / C, r % C)), coefficients
@@ -143,9 +143,10 @@ static void FN(cf_apply_chunk)(const FN(job) *jb, int64_t c, int64_t k, const T 
  * run costs little more than its vector loop (runs can be 49 values). */
 #define CF_APPLY_RUNS(OP)                                                                       \
     for (int64_t r = r0; r < r1; r++) {                                                         \
-        const T kc[N_COEF] = {center[c], scale[c], shift[c], b[c]};                             \
+        const T coefs[N_COEF] = {center[c], scale[c], shift[c], xmu[c]};                        \
         const int64_t o = r * S;                                                                \
-        FN(run_apply)(OP, relu, x + o, dy ? dy + o : NULL, y ? y + o : NULL, out + o, S, kc);   \
+        FN(run_apply)(OP, relu, x + o, dy ? dy + o : NULL, y ? y + o : NULL, out + o, S,       \
+                      coefs);                                                                   \
         if (++c == C) c = 0;                                                                    \
     }
 
@@ -155,15 +156,15 @@ static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
     int64_t c = r0 % C;
     if (jb->stream) {               /* each run computed in L1 and streamed out */
         for (int64_t r = r0; r < r1; r++) {
-            T kc[N_COEF];
-            FN(load_coefs)(jb, c, kc);
-            FN(cf_apply_piece)(jb, r * S, S, kc);
+            T coefs[N_COEF];
+            FN(load_coefs)(jb, c, coefs);
+            FN(cf_apply_piece)(jb, r * S, S, coefs);
             if (++c == C) c = 0;
         }
         return;
     }
     const T *center = jb->coef[K_CENTER], *scale = jb->coef[K_SCALE], *shift = jb->coef[K_SHIFT],
-            *b = jb->coef[K_B];
+            *xmu = jb->coef[K_XMU];
     const T *x = jb->x, *dy = jb->dy, *y = jb->y;
     T *out = jb->out;
     const int relu = jb->relu;
@@ -189,7 +190,7 @@ static size_t FN(column_scratch_bytes)(void)
 }
 
 /* Channel c's sums from its S column sums (columns relative to the group start g0). */
-static void FN(fold_columns)(const double *s, const double *q, int64_t S, int64_t j0,
+static void FN(sum_column_sums)(const double *s, const double *q, int64_t S, int64_t j0,
                              double *sums)
 {
     sums[0] = sums[1] = 0.0;
@@ -210,8 +211,8 @@ static void FN(cf_column_apply)(const FN(job) *jb, int64_t g0, int64_t g1, T *ts
     for (int i = 0; i < N_COEF; i++) {
         T *restrict col = coef[i] = tscratch + i * W;
         for (int64_t c = g0; c < g1; c++) {
-            const T k = jb->coef[i][c];
-            for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) col[j] = k;
+            const T value = jb->coef[i][c];
+            for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) col[j] = value;
         }
     }
     FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S, tscratch + N_COEF * W);
@@ -232,7 +233,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
             const double pivot = jb->pivot[c];
             for (int64_t j = 0; j < S; j++) pc[j] = pivot;
         } else {
-            const T mean = jb->in_mean[c];
+            const T mean = jb->backward.mean[c];
             for (int64_t j = 0; j < S; j++) mc[j] = mean;
         }
     }
@@ -243,19 +244,19 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     for (int64_t c = g0; c < g1; c++) {
         const int64_t j0 = (c - g0) * S;
         double sums[2], mean;
-        T kc[N_COEF];
-        FN(fold_columns)(s, q, S, j0, sums);
+        T coefs[N_COEF];
+        FN(sum_column_sums)(s, q, S, j0, sums);
         if (jb->op == OP_BACKWARD) {
-            FN(finalize_backward)(jb, c, sums[0], sums[1], 1, kc);
-        } else if (FN(finalize_train)(jb, c, jb->pivot[c], sums[0], sums[1], 0, 1, kc, &mean)) {
+            FN(finalize_backward)(jb, c, sums[0], sums[1], 1, coefs);
+        } else if (FN(finalize_train)(jb, c, jb->pivot[c], sums[0], sums[1], 0, 1, coefs, &mean)) {
             /* cancelled: sum this channel's columns again around its mean */
             FN(tile) tc = {0, p->N, c * S, S, p->prefetch};
             for (int64_t j = j0; j < j0 + S; j++) col[j] = mean, s[j] = q[j] = 0.0;
             FN(cl_shifted_sums)(jb->x, stride, tc, col + j0, s + j0, q + j0);
-            FN(fold_columns)(s, q, S, j0, sums);
-            FN(finalize_train)(jb, c, mean, sums[0], sums[1], 1, 1, kc, &mean);
+            FN(sum_column_sums)(s, q, S, j0, sums);
+            FN(finalize_train)(jb, c, mean, sums[0], sums[1], 1, 1, coefs, &mean);
         }
-        FN(store_coefs)(jb, c, kc);
+        FN(store_coefs)(jb, c, coefs);
     }
     if (!jb->reduce_only) FN(cf_column_apply)(jb, g0, g1, (T *)(col + W));
 }
@@ -266,7 +267,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
  * are processed in groups that fit in cache: reduce the group, finalize its channels, apply the
  * group while it is still cached, so x crosses DRAM once. A channel cut by a range boundary
  * (at most two per thread) is reduced chunk by chunk, and finished after a barrier: every
- * thread holding part of it folds the same partials in the same order, so all get the same
+ * thread holding part of it adds the same partials in the same order, so all get the same
  * bits; the thread holding its last chunk writes the per-channel outputs. With short runs
  * (plan.columns) units are whole channels, done in column groups. */
 static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
@@ -290,7 +291,7 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
         const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
         /* chunks before the first whole channel (all, if the range lies inside one) */
         const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
-        T kc[N_COEF];
+        T coefs[N_COEF];
         for (int64_t u = u0; u < head_end; u++)
             FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
                                 part + 2 * u);
@@ -298,8 +299,8 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
             const int64_t g1 = g0 + group < own1 ? g0 + group : own1;
             FN(cf_reduce_group)(jb, g0, g1, part);
             for (int64_t c = g0; c < g1; c++) {
-                FN(cf_finalize)(jb, c, part, 1, kc);
-                FN(store_coefs)(jb, c, kc);
+                FN(cf_finalize)(jb, c, part, 1, coefs);
+                FN(store_coefs)(jb, c, coefs);
             }
             if (!jb->reduce_only)
                 for (int64_t n = 0; n < p->N; n++)
@@ -314,19 +315,19 @@ static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
          * pass over a channel reads all of its x, which in place (y == x) another thread's
          * apply would be overwriting. */
         const int64_t c_lo = u0 / K, c_hi = (u1 - 1) / K;
-        T k_lo[N_COEF], k_hi[N_COEF];
+        T coefs_lo[N_COEF], coefs_hi[N_COEF];
 #define WHOLLY_MINE(c) ((c) >= own0 && (c) < own1)
         const int cut_lo = u1 > u0 && !WHOLLY_MINE(c_lo);
         const int cut_hi = u1 > u0 && c_hi != c_lo && !WHOLLY_MINE(c_hi);
 #undef WHOLLY_MINE
-        if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, k_lo);
-        if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, k_hi);
+        if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, coefs_lo);
+        if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, coefs_hi);
         TEAM_BARRIER(nt);
         if (!jb->reduce_only)
             for (int64_t u = u0; u < u1; u++) {
                 const int64_t c = u / K;
-                if (cut_lo && c == c_lo) FN(cf_apply_chunk)(jb, c, u - c * K, k_lo);
-                else if (cut_hi && c == c_hi) FN(cf_apply_chunk)(jb, c, u - c * K, k_hi);
+                if (cut_lo && c == c_lo) FN(cf_apply_chunk)(jb, c, u - c * K, coefs_lo);
+                else if (cut_hi && c == c_hi) FN(cf_apply_chunk)(jb, c, u - c * K, coefs_hi);
             }
         cbn_stream_fence();
     }
@@ -349,9 +350,9 @@ static void FN(cf_apply_thread)(FN(job) *jb, int64_t t, int64_t nt)
         for (int64_t v = R * S * t / nt; v < v1;) {
             const int64_t r = v / S, c = r % C;
             const int64_t len = (r + 1) * S < v1 ? (r + 1) * S - v : v1 - v;
-            T kc[N_COEF];
-            FN(load_coefs)(jb, c, kc);
-            FN(cf_apply_piece)(jb, v, len, kc);
+            T coefs[N_COEF];
+            FN(load_coefs)(jb, c, coefs);
+            FN(cf_apply_piece)(jb, v, len, coefs);
             v += len;
         }
     }

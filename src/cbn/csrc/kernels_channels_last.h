@@ -154,12 +154,12 @@ static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u)
     memset(s, 0, sizeof(double) * (size_t)t.w);
     memset(q, 0, sizeof(double) * (size_t)t.w);
     if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, p->C, t, jb->pivot + t.c0, s, q);
-    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, p->C, t, jb->in_mean + t.c0, s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, p->C, t, jb->backward.mean + t.c0, s, q);
 }
 
 /* Channel sums over row blocks, in row-block order, for channels [c0, c1) (vectorized across
  * channels). */
-static void FN(cl_fold)(const FN(job) *jb, int64_t c0, int64_t c1)
+static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1)
 {
     const cbn_plan *p = &jb->plan;
     const int64_t C = p->C, B = p->n_row_blocks;
@@ -181,7 +181,7 @@ static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, c
                               int prefetch)
 {
     const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
-            *restrict shift = coef[K_SHIFT], *restrict b = coef[K_B];
+            *restrict shift = coef[K_SHIFT], *restrict xmu = coef[K_XMU];
     const T lo = relu ? (T)0 : (T)-INFINITY;
     for (int64_t r = 0; r < rows; r++) {
         const T *xr = x + r * stride;
@@ -210,12 +210,12 @@ static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, c
             const T *g = dy + r * stride, *yr = y + r * stride;
 #pragma omp simd
             for (int64_t j = 0; j < w; j++)
-                orow[j] = scale[j] * GRAD(g, yr, j) + b[j] * (xr[j] - center[j]) + shift[j];
+                orow[j] = scale[j] * GRAD(g, yr, j) + xmu[j] * (xr[j] - center[j]) + shift[j];
         } else {
             const T *g = dy + r * stride;
 #pragma omp simd
             for (int64_t j = 0; j < w; j++)
-                orow[j] = scale[j] * g[j] + b[j] * (xr[j] - center[j]) + shift[j];
+                orow[j] = scale[j] * g[j] + xmu[j] * (xr[j] - center[j]) + shift[j];
         }
     }
 }
@@ -277,70 +277,71 @@ static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
 /* First finalize of channels [c0, c1) in channels-last training. With few rows per channel,
  * the per-channel division and square root are most of the work, so this is a series of simple
  * loops the compiler vectorizes (same formulas as finalize_train). A channel whose sums
- * cancelled gets jb->again[c] set and its pivot moved to its mean; returns whether any did. */
+ * cancelled gets jb->second_pass[c] set and its pivot moved to its mean; returns whether any
+ * did. */
 static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t c1)
 {
     const int64_t C = jb->plan.C;
-    const double M = (double)jb->plan.M, eps = jb->eps, mom = jb->momentum;
+    const double M = (double)jb->plan.M, eps = jb->train.eps, mom = jb->train.momentum;
     const double *restrict s = jb->sums, *restrict q = jb->sums + C;
     double *restrict mean = jb->sums + 2 * C, *restrict m2 = jb->sums + 3 * C,
            *restrict invstd = jb->sums + 4 * C;
-    unsigned char *restrict again = jb->again;
-    int redo = 0;
-#pragma omp simd reduction(| : redo)
+    unsigned char *restrict second_pass = jb->second_pass;
+    int any_cancelled = 0;
+#pragma omp simd reduction(| : any_cancelled)
     for (int64_t c = c0; c < c1; c++) {
         m2[c] = FN(train_m2)(jb->pivot[c], s[c], q[c], M, &mean[c]);
         const int cancelled = FN(train_cancelled)(q[c], m2[c]);
-        again[c] = (unsigned char)cancelled;
-        redo |= cancelled;
+        second_pass[c] = (unsigned char)cancelled;
+        any_cancelled |= cancelled;
     }
-    if (redo) {             /* rare: the channel-by-channel finalize for this range */
+    if (any_cancelled) {    /* rare: the channel-by-channel finalize for this range */
         for (int64_t c = c0; c < c1; c++) {
-            T kc[N_COEF];
+            T coefs[N_COEF];
             double mn;
-            if (again[c]) {
+            if (second_pass[c]) {
                 jb->pivot[c] = mean[c];
                 continue;
             }
-            FN(finalize_train)(jb, c, jb->pivot[c], s[c], q[c], 1, 1, kc, &mn);
-            FN(store_coefs)(jb, c, kc);
+            FN(finalize_train)(jb, c, jb->pivot[c], s[c], q[c], 1, 1, coefs, &mn);
+            FN(store_coefs)(jb, c, coefs);
         }
         return 1;
     }
 #pragma omp simd
     for (int64_t c = c0; c < c1; c++) invstd[c] = FN(train_invstd)(FN(train_var)(m2[c], M), eps);
     {
-        const T *restrict w = jb->weight, *restrict b = jb->bias;
+        const T *restrict w = jb->weight, *restrict beta = jb->bias;
         T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
-          *restrict shift = jb->coef[K_SHIFT], *restrict kb = jb->coef[K_B];
+          *restrict shift = jb->coef[K_SHIFT], *restrict xmu = jb->coef[K_XMU];
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) {
-            FN(train_coef_values)(w ? (double)w[c] : 1.0, b ? (double)b[c] : 0.0, mean[c],
+            FN(train_coef_values)(w ? (double)w[c] : 1.0, beta ? (double)beta[c] : 0.0, mean[c],
                                   invstd[c], &center[c], &scale[c], &shift[c]);
-            kb[c] = 0;
+            xmu[c] = 0;
         }
     }
-    if (jb->stat_a) {
-        double *restrict a = jb->stat_a, *restrict b = jb->stat_b;
+    if (jb->train.mean_out) {
+        double *restrict mean_out = jb->train.mean_out, *restrict m2_out = jb->train.m2_out;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) {
-            a[c] = mean[c];
-            b[c] = FN(clamped_m2)(m2[c]);
+            mean_out[c] = mean[c];
+            m2_out[c] = FN(clamped_m2)(m2[c]);
         }
     }
-    if (jb->save_mean) {
-        T *restrict o = jb->save_mean;
+    if (jb->train.save_mean) {
+        T *restrict o = jb->train.save_mean;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) o[c] = (T)mean[c];
     }
-    if (jb->save_invstd) {
-        T *restrict o = jb->save_invstd;
+    if (jb->train.save_invstd) {
+        T *restrict o = jb->train.save_invstd;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) o[c] = (T)invstd[c];
     }
-    if (jb->running_mean) {
-        T *restrict rm = jb->running_mean, *restrict rv = jb->running_var;
-        const int unbiased = jb->unbiased_running_var;
+    if (jb->train.running_mean) {
+        T *restrict rm = jb->train.running_mean, *restrict rv = jb->train.running_var;
+        const int unbiased = jb->train.unbiased_running_var;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) {
             rm[c] = FN(momentum_update)(rm[c], mom, mean[c]);
@@ -359,37 +360,39 @@ static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
     const int64_t C = jb->plan.C;
     const double *restrict sum_dy = jb->sums, *restrict sum_dy_xmu = jb->sums + C;
     if (jb->reduce_only) {          /* the caller combines the sums across processes */
-        double *restrict a = jb->stat_a, *restrict b = jb->stat_b;
+        double *restrict sum_dy_out = jb->backward.sum_dy_out,
+                         *restrict sum_dy_xmu_out = jb->backward.sum_dy_xmu_out;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) {
-            a[c] = sum_dy[c];
-            b[c] = sum_dy_xmu[c];
+            sum_dy_out[c] = sum_dy[c];
+            sum_dy_xmu_out[c] = sum_dy_xmu[c];
         }
         return;
     }
     const double M = (double)jb->plan.M;
-    const T *restrict w = jb->weight, *restrict mean = jb->in_mean, *restrict inv = jb->in_invstd;
+    const T *restrict w = jb->weight, *restrict mean = jb->backward.mean,
+            *restrict inv = jb->backward.invstd;
     T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
-      *restrict shift = jb->coef[K_SHIFT], *restrict b = jb->coef[K_B];
+      *restrict shift = jb->coef[K_SHIFT], *restrict xmu = jb->coef[K_XMU];
 #pragma omp simd
     for (int64_t c = c0; c < c1; c++) {
         center[c] = mean[c];
         FN(backward_coef_values)(w ? (double)w[c] : 1.0, (double)inv[c], sum_dy[c],
-                                 sum_dy_xmu[c], M, &scale[c], &shift[c], &b[c]);
+                                 sum_dy_xmu[c], M, &scale[c], &shift[c], &xmu[c]);
     }
-    if (jb->dweight) {
-        T *restrict dw = jb->dweight;
+    if (jb->backward.dweight) {
+        T *restrict dw = jb->backward.dweight;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) dw[c] = (T)(sum_dy_xmu[c] * (double)inv[c]);
     }
-    if (jb->dbias) {
-        T *restrict db = jb->dbias;
+    if (jb->backward.dbias) {
+        T *restrict db = jb->backward.dbias;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) db[c] = (T)sum_dy[c];
     }
 }
 
-/* Reduce every unit; fold and finalize each channel; sum again, around the mean, the channels
+/* Reduce every unit; sum and finalize each channel; sum again, around the mean, the channels
  * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
  * thread applies about the row blocks it reduced, last first: those were read most recently and
  * are the ones still in cache when the tensor does not fit. */
@@ -402,32 +405,32 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
     if (!jb->apply_only) {
         for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
         TEAM_BARRIER(nt);
-        FN(cl_fold)(jb, c0, c1);
-        int my_redo = 0;
+        FN(sum_row_block_partials)(jb, c0, c1);
+        int mine_cancelled = 0;
         if (jb->op == OP_TRAIN) {
-            my_redo = FN(cl_finalize_train)(jb, c0, c1);
+            mine_cancelled = FN(cl_finalize_train)(jb, c0, c1);
         } else {
             FN(cl_finalize_backward)(jb, c0, c1);
         }
-        if (my_redo) {
+        if (mine_cancelled) {
 #pragma omp atomic write
-            jb->redo = 1;
+            jb->any_second_pass = 1;
         }
         TEAM_BARRIER(nt);
-        int again;
+        int second_pass;
 #pragma omp atomic read
-        again = jb->redo;
-        if (again) {            /* all threads agree: a second pass, pivots at the means */
+        second_pass = jb->any_second_pass;
+        if (second_pass) {      /* all threads agree: a second pass, pivots at the means */
             for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
             TEAM_BARRIER(nt);
-            FN(cl_fold)(jb, c0, c1);
+            FN(sum_row_block_partials)(jb, c0, c1);
             for (int64_t c = c0; c < c1; c++) {
-                T kc[N_COEF];
+                T coefs[N_COEF];
                 double mean;
-                if (!jb->again[c]) continue;
+                if (!jb->second_pass[c]) continue;
                 FN(finalize_train)(jb, c, jb->pivot[c], jb->sums[c], jb->sums[C + c], 1, 1,
-                                   kc, &mean);
-                FN(store_coefs)(jb, c, kc);
+                                   coefs, &mean);
+                FN(store_coefs)(jb, c, coefs);
             }
             TEAM_BARRIER(nt);
         }
@@ -446,6 +449,6 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
 
 static void FN(cl_run_job)(FN(job) *jb)
 {
-    jb->redo = 0;
+    jb->any_second_pass = 0;
     RUN_THREADS(jb->plan.n_threads, FN(cl_thread), jb);
 }

@@ -28,41 +28,46 @@ typedef enum { OP_TRAIN, OP_BACKWARD, OP_INFER } FN(op);
  *                                                    of the mean, so float32 data far from zero
  *                                                    keep their precision (x - center is exact)
  *   infer:    y  = x * scale + shift
- *   backward: dx = scale*dy + b*(x - center) + shift   (center = save_mean)  */
-enum { K_CENTER, K_SCALE, K_SHIFT, K_B, N_COEF };
+ *   backward: dx = scale*dy + xmu*(x - center) + shift  (center = save_mean; xmu: the
+ *                                                      coefficient of x - mean) */
+enum { K_CENTER, K_SCALE, K_SHIFT, K_XMU, N_COEF };
 
-/* Everything a kernel call reads and writes. */
+/* Everything a kernel call reads and writes. The per-channel inputs and outputs of one op are
+ * grouped under its name; in the split kernels' reduce phase (reduce_only), the per-channel
+ * double sums are written instead of coefficients and outputs. */
 typedef struct {
     FN(op) op;
     cbn_plan plan;
     const T *x, *dy;
+    const T *y;                   /* backward through a fused ReLU: its output, else NULL */
     T *out;                       /* y or dx */
     const T *weight, *bias;
-    /* train */
-    T *running_mean, *running_var;
-    double momentum, eps;
-    int unbiased_running_var;
-    T *save_mean, *save_invstd;
-    /* backward */
-    const T *in_mean, *in_invstd;
-    T *dweight, *dbias;
-    const T *y;                   /* backward through a fused ReLU: its output, else NULL */
     int relu;                     /* forward: clamp the output at 0 (fused ReLU) */
-    /* split kernels (data-parallel training): reduce only, writing per-channel double sums
-     * (train: mean, M2; backward: sum dy, sum dy*(x - mean)), or apply only from coefficients
-     * the caller filled in */
-    int reduce_only, apply_only;
-    double *stat_a, *stat_b;
+    int reduce_only, apply_only;  /* split kernels: one phase; apply_only: coef is filled in */
+    struct {
+        double momentum, eps;
+        int unbiased_running_var;
+        T *running_mean, *running_var;
+        T *save_mean, *save_invstd;
+        double *mean_out, *m2_out;              /* reduce_only (cbn_batch_stats) */
+    } train;
+    struct {
+        const T *mean, *invstd;                 /* the forward's saved statistics */
+        T *dweight, *dbias;
+        double *sum_dy_out, *sum_dy_xmu_out;    /* reduce_only (cbn_backward_reduce) */
+    } backward;
     /* scratch */
     double *partials;             /* 2 per chunk (channels-first) or per row block x channel */
     double *pivot;                /* C: training's shift of each channel */
-    double *sums;                 /* 2*C: channels-last folded sums, then 3*C: mean, M2 and
+    double *sums;                 /* 2*C: channels-last channel sums, then 3*C: mean, M2 and
                                    * invstd of the vectorized finalize */
     T *coef[N_COEF];              /* C each */
-    unsigned char *again;         /* C: channels-last channels to sum again around the mean */
     int stream;                   /* write the output with streaming stores (it exceeds cache) */
     char *column_scratch;         /* channels-first column mode: per-thread work arrays */
-    int redo;                     /* channels-last training: some channel needs a second sum */
+    /* channels-last training: channels whose one-pass sums cancelled (C flags), and whether
+     * any did, so every thread joins the second pass */
+    unsigned char *second_pass;
+    int any_second_pass;
 } FN(job);
 
 /* Runs fn(jb, t, nt) on a team of up to n threads (t < nt: its size). One thread calls it
@@ -199,17 +204,18 @@ static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, doub
 /* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
  * stays NaN); y: the mask of a fused ReLU in backward. */
 static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
-                                 T *out, int64_t n, const T *k)
+                                 T *out, int64_t n, const T *coefs)
 {
-    const T center = k[K_CENTER], scale = k[K_SCALE], shift = k[K_SHIFT], b = k[K_B];
+    const T center = coefs[K_CENTER], scale = coefs[K_SCALE], shift = coefs[K_SHIFT],
+            xmu = coefs[K_XMU];
     if (op == OP_BACKWARD) {
         if (y) {
 #pragma omp simd
             for (int64_t i = 0; i < n; i++)
-                out[i] = scale * FN(relu_grad)(dy[i], y[i]) + b * (x[i] - center) + shift;
+                out[i] = scale * FN(relu_grad)(dy[i], y[i]) + xmu * (x[i] - center) + shift;
         } else {
 #pragma omp simd
-            for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + b * (x[i] - center) + shift;
+            for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + xmu * (x[i] - center) + shift;
         }
         return;
     }
@@ -239,14 +245,14 @@ static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, c
  */
 
 /* Channel c's coefficients: into the job's per-channel arrays, and back out. */
-static inline void FN(store_coefs)(const FN(job) *jb, int64_t c, const T *kc)
+static inline void FN(store_coefs)(const FN(job) *jb, int64_t c, const T *coefs)
 {
-    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = kc[i];
+    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = coefs[i];
 }
 
-static inline void FN(load_coefs)(const FN(job) *jb, int64_t c, T *kc)
+static inline void FN(load_coefs)(const FN(job) *jb, int64_t c, T *coefs)
 {
-    for (int i = 0; i < N_COEF; i++) kc[i] = jb->coef[i][c];
+    for (int i = 0; i < N_COEF; i++) coefs[i] = jb->coef[i][c];
 }
 
 /* The finalize formulas, one channel at a time; finalize_train and the vectorized channels-last
@@ -281,51 +287,52 @@ static inline T FN(momentum_update)(T running, double momentum, double value)
     return (T)((1.0 - momentum) * (double)running + momentum * value);
 }
 
-/* Coefficients of y = (x - mean)*invstd*w + b (w, b: the channel's weight and bias). */
-static inline void FN(train_coef_values)(double w, double b, double mean, double invstd,
+/* Coefficients of y = (x - mean)*invstd*w + beta (w, beta: the channel's weight and bias). */
+static inline void FN(train_coef_values)(double w, double beta, double mean, double invstd,
                                          T *center, T *scale, T *shift)
 {
     const double sc = w * invstd;
     *center = (T)mean;
     *scale = (T)sc;
-    *shift = (T)(b - (mean - (double)*center) * sc);
+    *shift = (T)(beta - (mean - (double)*center) * sc);
 }
 
 static inline void FN(train_coefs)(const FN(job) *jb, int64_t c, double mean, double invstd,
-                                   T *kc)
+                                   T *coefs)
 {
     FN(train_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0,
-                          jb->bias ? (double)jb->bias[c] : 0.0, mean, invstd, &kc[K_CENTER],
-                          &kc[K_SCALE], &kc[K_SHIFT]);
-    kc[K_B] = 0;
+                          jb->bias ? (double)jb->bias[c] : 0.0, mean, invstd, &coefs[K_CENTER],
+                          &coefs[K_SCALE], &coefs[K_SHIFT]);
+    coefs[K_XMU] = 0;
 }
 
-/* Coefficients of dx = scale*dy + b*(x - mean) + shift from a channel's weight w, invstd and
+/* Coefficients of dx = scale*dy + xmu*(x - mean) + shift from a channel's weight w, invstd and
  * its sums over all M values (shared by backward_coefs and the vectorized finalize). */
 static inline void FN(backward_coef_values)(double w, double invstd, double sum_dy,
                                             double sum_dy_xmu, double M, T *scale, T *shift,
-                                            T *b)
+                                            T *xmu)
 {
     const double a = w * invstd;
     *scale = (T)a;
     *shift = (T)(-a * sum_dy / M);
-    *b = (T)(-a * invstd * invstd * sum_dy_xmu / M);
+    *xmu = (T)(-a * invstd * invstd * sum_dy_xmu / M);
 }
 
 /* Coefficients of dx for channel c from the sums over all M values of the channel. */
 static void FN(backward_coefs)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
-                               double M, T *kc)
+                               double M, T *coefs)
 {
-    kc[K_CENTER] = jb->in_mean[c];
-    FN(backward_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0, (double)jb->in_invstd[c],
-                             sum_dy, sum_dy_xmu, M, &kc[K_SCALE], &kc[K_SHIFT], &kc[K_B]);
+    coefs[K_CENTER] = jb->backward.mean[c];
+    FN(backward_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0,
+                             (double)jb->backward.invstd[c], sum_dy, sum_dy_xmu, M,
+                             &coefs[K_SCALE], &coefs[K_SHIFT], &coefs[K_XMU]);
 }
 
 /* Training. s = sum(x - pivot), q = sum((x - pivot)^2) over the channel's M values. Returns 1
  * (and writes nothing) when too much cancelled and the channel must be summed again around
  * `*mean_out`; `accept` forces a result (used for that second sum). */
 static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double s, double q,
-                              int accept, int write_outputs, T *kc, double *mean_out)
+                              int accept, int write_outputs, T *coefs, double *mean_out)
 {
     const double M = (double)jb->plan.M;
     double mean;
@@ -333,39 +340,40 @@ static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double
     *mean_out = mean;
     if (!accept && FN(train_cancelled)(q, m2)) return 1;
     const double var = FN(train_var)(m2, M);
-    const double invstd = FN(train_invstd)(var, jb->eps);
-    FN(train_coefs)(jb, c, mean, invstd, kc);
+    const double invstd = FN(train_invstd)(var, jb->train.eps);
+    FN(train_coefs)(jb, c, mean, invstd, coefs);
     if (!write_outputs) return 0;
-    if (jb->stat_a) {
-        jb->stat_a[c] = mean;
-        jb->stat_b[c] = FN(clamped_m2)(m2);
+    if (jb->train.mean_out) {
+        jb->train.mean_out[c] = mean;
+        jb->train.m2_out[c] = FN(clamped_m2)(m2);
     }
-    if (jb->save_mean) jb->save_mean[c] = (T)mean;
-    if (jb->save_invstd) jb->save_invstd[c] = (T)invstd;
-    if (jb->running_mean) {
-        jb->running_mean[c] = FN(momentum_update)(jb->running_mean[c], jb->momentum, mean);
-        jb->running_var[c] = FN(momentum_update)(
-            jb->running_var[c], jb->momentum,
-            FN(running_var_estimate)(jb->unbiased_running_var, m2, var, M));
+    if (jb->train.save_mean) jb->train.save_mean[c] = (T)mean;
+    if (jb->train.save_invstd) jb->train.save_invstd[c] = (T)invstd;
+    if (jb->train.running_mean) {
+        jb->train.running_mean[c] =
+            FN(momentum_update)(jb->train.running_mean[c], jb->train.momentum, mean);
+        jb->train.running_var[c] = FN(momentum_update)(
+            jb->train.running_var[c], jb->train.momentum,
+            FN(running_var_estimate)(jb->train.unbiased_running_var, m2, var, M));
     }
     return 0;
 }
 
 /* Backward. sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - mean)). */
 static void FN(finalize_backward)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
-                                  int write_outputs, T *kc)
+                                  int write_outputs, T *coefs)
 {
     if (jb->reduce_only) {          /* the caller combines the sums across processes */
-        for (int i = 0; i < N_COEF; i++) kc[i] = 0;
+        for (int i = 0; i < N_COEF; i++) coefs[i] = 0;
         if (write_outputs) {
-            jb->stat_a[c] = sum_dy;
-            jb->stat_b[c] = sum_dy_xmu;
+            jb->backward.sum_dy_out[c] = sum_dy;
+            jb->backward.sum_dy_xmu_out[c] = sum_dy_xmu;
         }
         return;
     }
-    FN(backward_coefs)(jb, c, sum_dy, sum_dy_xmu, (double)jb->plan.M, kc);
+    FN(backward_coefs)(jb, c, sum_dy, sum_dy_xmu, (double)jb->plan.M, coefs);
     if (!write_outputs) return;
-    const double invstd = (double)jb->in_invstd[c];
-    if (jb->dweight) jb->dweight[c] = (T)(sum_dy_xmu * invstd);
-    if (jb->dbias) jb->dbias[c] = (T)sum_dy;
+    const double invstd = (double)jb->backward.invstd[c];
+    if (jb->backward.dweight) jb->backward.dweight[c] = (T)(sum_dy_xmu * invstd);
+    if (jb->backward.dbias) jb->backward.dbias[c] = (T)sum_dy;
 }

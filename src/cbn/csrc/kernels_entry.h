@@ -51,7 +51,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     jb->sums = jb->partials + n_part + C;
     T *coef = (T *)(buf + sizeof(double) * (size_t)n_double);
     for (int i = 0; i < N_COEF; i++) jb->coef[i] = coef + i * C;
-    jb->again = (unsigned char *)(coef + N_COEF * C);
+    jb->second_pass = (unsigned char *)(coef + N_COEF * C);
     if (jb->pivot) {              /* each channel's first value */
         for (int64_t c = 0; c < C; c++) {
             int64_t len;
@@ -95,13 +95,13 @@ int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn
     jb.out = y;
     jb.weight = weight;
     jb.bias = bias;
-    jb.running_mean = running_mean;
-    jb.running_var = running_var;
-    jb.momentum = momentum;
-    jb.eps = eps;
-    jb.unbiased_running_var = unbiased_running_var;
-    jb.save_mean = save_mean;
-    jb.save_invstd = save_invstd;
+    jb.train.running_mean = running_mean;
+    jb.train.running_var = running_var;
+    jb.train.momentum = momentum;
+    jb.train.eps = eps;
+    jb.train.unbiased_running_var = unbiased_running_var;
+    jb.train.save_mean = save_mean;
+    jb.train.save_invstd = save_invstd;
     jb.relu = activation == CBN_ACTIVATION_RELU;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
@@ -132,10 +132,10 @@ int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_
     jb.dy = dy;
     jb.out = dx;
     jb.weight = weight;
-    jb.in_mean = save_mean;
-    jb.in_invstd = save_invstd;
-    jb.dweight = dweight;
-    jb.dbias = dbias;
+    jb.backward.mean = save_mean;
+    jb.backward.invstd = save_invstd;
+    jb.backward.dweight = dweight;
+    jb.backward.dbias = dbias;
     jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
@@ -149,10 +149,10 @@ static void FN(fold)(int64_t C, const T *running_mean, const T *running_var, con
 {
 #pragma omp simd
     for (int64_t c = 0; c < C; c++) {
-        const double w = weight ? (double)weight[c] : 1.0, b = bias ? (double)bias[c] : 0.0;
+        const double w = weight ? (double)weight[c] : 1.0, beta = bias ? (double)bias[c] : 0.0;
         const double s = w / sqrt((double)running_var[c] + eps);
         scale[c] = (T)s;
-        shift[c] = (T)(b - (double)running_mean[c] * s);
+        shift[c] = (T)(beta - (double)running_mean[c] * s);
     }
 }
 
@@ -185,7 +185,7 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     jb.relu = activation == CBN_ACTIVATION_RELU;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     memset(jb.coef[K_CENTER], 0, sizeof(T) * (size_t)C);      /* unused by inference; defined */
-    memset(jb.coef[K_B], 0, sizeof(T) * (size_t)C);
+    memset(jb.coef[K_XMU], 0, sizeof(T) * (size_t)C);
     FN(fold)(C, running_mean, running_var, weight, bias, eps, jb.coef[K_SCALE], jb.coef[K_SHIFT]);
     FN(run_job)(&jb);
     return CBN_OK;
@@ -211,8 +211,8 @@ int FN(cbn_batch_stats)(const T *x, int64_t N, int64_t C, int64_t S, cbn_layout 
     jb.op = OP_TRAIN;
     jb.reduce_only = 1;
     jb.x = x;
-    jb.stat_a = mean;
-    jb.stat_b = m2;
+    jb.train.mean_out = mean;
+    jb.train.m2_out = m2;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
     return CBN_OK;
@@ -238,9 +238,9 @@ int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_lay
     jb.relu = activation == CBN_ACTIVATION_RELU;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     for (int64_t c = 0; c < C; c++) {
-        T kc[N_COEF];
-        FN(train_coefs)(&jb, c, mean[c], invstd[c], kc);
-        FN(store_coefs)(&jb, c, kc);
+        T coefs[N_COEF];
+        FN(train_coefs)(&jb, c, mean[c], invstd[c], coefs);
+        FN(store_coefs)(&jb, c, coefs);
     }
     FN(run_job)(&jb);
     return CBN_OK;
@@ -267,9 +267,9 @@ int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
     jb.x = x;
     jb.dy = dy;
     jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
-    jb.in_mean = mean;
-    jb.stat_a = sum_dy;
-    jb.stat_b = sum_dy_xmu;
+    jb.backward.mean = mean;
+    jb.backward.sum_dy_out = sum_dy;
+    jb.backward.sum_dy_xmu_out = sum_dy_xmu;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
     return CBN_OK;
@@ -295,13 +295,13 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
     jb.out = dx;
     jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
     jb.weight = weight;
-    jb.in_mean = mean;
-    jb.in_invstd = invstd;
+    jb.backward.mean = mean;
+    jb.backward.invstd = invstd;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     for (int64_t c = 0; c < C; c++) {
-        T kc[N_COEF];
-        FN(backward_coefs)(&jb, c, sum_dy[c], sum_dy_xmu[c], count, kc);
-        FN(store_coefs)(&jb, c, kc);
+        T coefs[N_COEF];
+        FN(backward_coefs)(&jb, c, sum_dy[c], sum_dy_xmu[c], count, coefs);
+        FN(store_coefs)(&jb, c, coefs);
     }
     FN(run_job)(&jb);
     return CBN_OK;
