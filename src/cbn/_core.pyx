@@ -1,9 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Thin bridge to the C kernels: arrays in, pointers and sizes out, GIL released, C called.
 
-Callers (cbn._api) have already validated every argument: arrays are C-contiguous, of the
-element type named by the function's dtype, and of the right sizes. Optional arrays may be None
-(passed as NULL). Each function returns the C status code.
+Callers have already validated every argument: arrays are C-contiguous, of one floating element
+type (float32 or float64, that of x), and of the right sizes; statistics passed as double are
+float64. Optional arrays may be None (passed as NULL). Each function returns the C status code.
 """
 cimport numpy as cnp
 from libc.stdint cimport int64_t
@@ -27,6 +27,61 @@ cdef inline void *_ptr(object a):
 
 cdef inline bint _is_f32(object x):
     return cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
+
+
+# Each kernel is called by name once, whatever the element type: the macros below pick its _f32
+# or _f64 instantiation from a flag, and the element arrays travel as void * (which C converts
+# to float * or double * without a cast). The signatures are those of cbn.h (cbn.pxd) with
+# void * for T *.
+cdef extern from *:
+    """
+    #define CBN_BY_TYPE(f32, kernel, ...) \
+        ((f32) ? kernel##_f32(__VA_ARGS__) : kernel##_f64(__VA_ARGS__))
+    #define cbn_train_forward_t(f32, ...) CBN_BY_TYPE(f32, cbn_train_forward, __VA_ARGS__)
+    #define cbn_backward_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward, __VA_ARGS__)
+    #define cbn_infer_t(f32, ...) CBN_BY_TYPE(f32, cbn_infer, __VA_ARGS__)
+    #define cbn_fold_scale_shift_t(f32, ...) CBN_BY_TYPE(f32, cbn_fold_scale_shift, __VA_ARGS__)
+    #define cbn_batch_stats_t(f32, ...) CBN_BY_TYPE(f32, cbn_batch_stats, __VA_ARGS__)
+    #define cbn_normalize_t(f32, ...) CBN_BY_TYPE(f32, cbn_normalize, __VA_ARGS__)
+    #define cbn_backward_reduce_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_reduce, __VA_ARGS__)
+    #define cbn_backward_dx_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_dx, __VA_ARGS__)
+    """
+    int cbn_train_forward_t(bint f32, void *x, void *y, int64_t N, int64_t C, int64_t S,
+                            cbn_layout layout, void *weight, void *bias, void *running_mean,
+                            void *running_var, double momentum, double eps,
+                            int unbiased_running_var, void *save_mean, void *save_invstd,
+                            cbn_activation activation, int n_threads) nogil
+    int cbn_backward_t(bint f32, void *dy, void *x, void *save_mean, void *save_invstd,
+                       void *weight, void *y, cbn_activation activation, void *dx,
+                       void *dweight, void *dbias, int64_t N, int64_t C, int64_t S,
+                       cbn_layout layout, int n_threads) nogil
+    int cbn_infer_t(bint f32, void *x, void *y, int64_t N, int64_t C, int64_t S,
+                    cbn_layout layout, void *running_mean, void *running_var, void *weight,
+                    void *bias, double eps, cbn_activation activation, int n_threads) nogil
+    int cbn_fold_scale_shift_t(bint f32, int64_t C, void *running_mean, void *running_var,
+                               void *weight, void *bias, double eps, void *scale,
+                               void *shift) nogil
+    int cbn_batch_stats_t(bint f32, void *x, int64_t N, int64_t C, int64_t S,
+                          cbn_layout layout, double *mean, double *m2, int n_threads) nogil
+    int cbn_normalize_t(bint f32, void *x, void *y, int64_t N, int64_t C, int64_t S,
+                        cbn_layout layout, double *mean, double *invstd, void *weight,
+                        void *bias, cbn_activation activation, int n_threads) nogil
+    int cbn_backward_reduce_t(bint f32, void *dy, void *x, void *mean, void *y,
+                              cbn_activation activation, int64_t N, int64_t C, int64_t S,
+                              cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
+                              int n_threads) nogil
+    int cbn_backward_dx_t(bint f32, void *dy, void *x, void *mean, void *invstd, void *weight,
+                          void *y, cbn_activation activation, double *sum_dy,
+                          double *sum_dy_xmu, double count, void *dx, int64_t N, int64_t C,
+                          int64_t S, cbn_layout layout, int n_threads) nogil
+
+
+cdef inline cbn_layout _layout(bint channels_last):
+    return CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+
+
+cdef inline cbn_activation _activation(bint relu):
+    return CBN_ACTIVATION_RELU if relu else CBN_ACTIVATION_NONE
 
 
 def address(a):
@@ -58,8 +113,9 @@ def max_threads():
 def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, weight, bias,
                   running_mean, running_var, double momentum, double eps,
                   bint unbiased_running_var, save_mean, save_invstd, bint relu, int n_threads):
-    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
-    cdef cbn_activation act = CBN_ACTIVATION_RELU if relu else CBN_ACTIVATION_NONE
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
+    cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     cdef void *pw = _ptr(weight)
@@ -69,26 +125,18 @@ def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, wei
     cdef void *psm = _ptr(save_mean)
     cdef void *psi = _ptr(save_invstd)
     cdef int rc
-    if _is_f32(x):
-        with nogil:
-            rc = cbn_train_forward_f32(<float *>px, <float *>py, N, C, S, layout,
-                                       <float *>pw, <float *>pb, <float *>prm, <float *>prv,
-                                       momentum, eps, unbiased_running_var, <float *>psm,
-                                       <float *>psi, act, n_threads)
-    else:
-        with nogil:
-            rc = cbn_train_forward_f64(<double *>px, <double *>py, N, C, S, layout,
-                                       <double *>pw, <double *>pb, <double *>prm,
-                                       <double *>prv, momentum, eps, unbiased_running_var,
-                                       <double *>psm, <double *>psi, act, n_threads)
+    with nogil:
+        rc = cbn_train_forward_t(f32, px, py, N, C, S, layout, pw, pb, prm, prv, momentum, eps,
+                                 unbiased_running_var, psm, psi, act, n_threads)
     return rc
 
 
 def backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias, int64_t N, int64_t C,
              int64_t S, bint channels_last, int n_threads):
     """y: the output of a fused ReLU (its gradient is applied), or None."""
-    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
-    cdef cbn_activation act = CBN_ACTIVATION_NONE if y is None else CBN_ACTIVATION_RELU
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
+    cdef cbn_activation act = _activation(y is not None)
     cdef void *py = _ptr(y)
     cdef void *pdy = _ptr(dy)
     cdef void *px = _ptr(x)
@@ -99,23 +147,17 @@ def backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias, int64
     cdef void *pdw = _ptr(dweight)
     cdef void *pdb = _ptr(dbias)
     cdef int rc
-    if _is_f32(x):
-        with nogil:
-            rc = cbn_backward_f32(<float *>pdy, <float *>px, <float *>psm, <float *>psi,
-                                  <float *>pw, <float *>py, act, <float *>pdx, <float *>pdw,
-                                  <float *>pdb, N, C, S, layout, n_threads)
-    else:
-        with nogil:
-            rc = cbn_backward_f64(<double *>pdy, <double *>px, <double *>psm, <double *>psi,
-                                  <double *>pw, <double *>py, act, <double *>pdx,
-                                  <double *>pdw, <double *>pdb, N, C, S, layout, n_threads)
+    with nogil:
+        rc = cbn_backward_t(f32, pdy, px, psm, psi, pw, py, act, pdx, pdw, pdb, N, C, S, layout,
+                            n_threads)
     return rc
 
 
 def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mean,
           running_var, weight, bias, double eps, bint relu, int n_threads):
-    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
-    cdef cbn_activation act = CBN_ACTIVATION_RELU if relu else CBN_ACTIVATION_NONE
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
+    cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     cdef void *prm = _ptr(running_mean)
@@ -123,31 +165,16 @@ def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mea
     cdef void *pw = _ptr(weight)
     cdef void *pb = _ptr(bias)
     cdef int rc
-    if _is_f32(x):
-        with nogil:
-            rc = cbn_infer_f32(<float *>px, <float *>py, N, C, S, layout, <float *>prm,
-                               <float *>prv, <float *>pw, <float *>pb, eps, act, n_threads)
-    else:
-        with nogil:
-            rc = cbn_infer_f64(<double *>px, <double *>py, N, C, S, layout, <double *>prm,
-                               <double *>prv, <double *>pw, <double *>pb, eps, act,
-                               n_threads)
+    with nogil:
+        rc = cbn_infer_t(f32, px, py, N, C, S, layout, prm, prv, pw, pb, eps, act, n_threads)
     return rc
 
 
 def fold_scale_shift(int64_t C, running_mean, running_var, weight, bias, double eps, scale,
                      shift):
-    cdef void *prm = _ptr(running_mean)
-    cdef void *prv = _ptr(running_var)
-    cdef void *pw = _ptr(weight)
-    cdef void *pb = _ptr(bias)
-    cdef void *ps = _ptr(scale)
-    cdef void *psh = _ptr(shift)
-    if _is_f32(running_mean):
-        return cbn_fold_scale_shift_f32(C, <float *>prm, <float *>prv, <float *>pw,
-                                        <float *>pb, eps, <float *>ps, <float *>psh)
-    return cbn_fold_scale_shift_f64(C, <double *>prm, <double *>prv, <double *>pw,
-                                    <double *>pb, eps, <double *>ps, <double *>psh)
+    return cbn_fold_scale_shift_t(_is_f32(running_mean), C, _ptr(running_mean),
+                                  _ptr(running_var), _ptr(weight), _ptr(bias), eps, _ptr(scale),
+                                  _ptr(shift))
 
 
 def yardstick_copy(dst, src, int n_threads):
@@ -163,17 +190,14 @@ def yardstick_copy(dst, src, int n_threads):
 # ---- split kernels (cbn.split) ------------------------------------------------------------------
 
 def batch_stats(x, int64_t N, int64_t C, int64_t S, bint channels_last, mean, m2, int n_threads):
-    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
     cdef void *px = _ptr(x)
     cdef double *pm = <double *>_ptr(mean)
     cdef double *pq = <double *>_ptr(m2)
     cdef int rc
-    if _is_f32(x):
-        with nogil:
-            rc = cbn_batch_stats_f32(<float *>px, N, C, S, layout, pm, pq, n_threads)
-    else:
-        with nogil:
-            rc = cbn_batch_stats_f64(<double *>px, N, C, S, layout, pm, pq, n_threads)
+    with nogil:
+        rc = cbn_batch_stats_t(f32, px, N, C, S, layout, pm, pq, n_threads)
     return rc
 
 
@@ -188,8 +212,9 @@ def combine_stats(int64_t P, int64_t C, count, mean, m2, mean_out, m2_out):
 
 def normalize(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, mean, invstd, weight,
               bias, bint relu, int n_threads):
-    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
-    cdef cbn_activation act = CBN_ACTIVATION_RELU if relu else CBN_ACTIVATION_NONE
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
+    cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
     cdef void *py = _ptr(y)
     cdef double *pm = <double *>_ptr(mean)
@@ -197,21 +222,16 @@ def normalize(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, mean, i
     cdef void *pw = _ptr(weight)
     cdef void *pb = _ptr(bias)
     cdef int rc
-    if _is_f32(x):
-        with nogil:
-            rc = cbn_normalize_f32(<float *>px, <float *>py, N, C, S, layout, pm, pi,
-                                   <float *>pw, <float *>pb, act, n_threads)
-    else:
-        with nogil:
-            rc = cbn_normalize_f64(<double *>px, <double *>py, N, C, S, layout, pm, pi,
-                                   <double *>pw, <double *>pb, act, n_threads)
+    with nogil:
+        rc = cbn_normalize_t(f32, px, py, N, C, S, layout, pm, pi, pw, pb, act, n_threads)
     return rc
 
 
 def backward_reduce(dy, x, mean, y, int64_t N, int64_t C, int64_t S, bint channels_last,
                     sum_dy, sum_dy_xmu, int n_threads):
-    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
-    cdef cbn_activation act = CBN_ACTIVATION_NONE if y is None else CBN_ACTIVATION_RELU
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
+    cdef cbn_activation act = _activation(y is not None)
     cdef void *pdy = _ptr(dy)
     cdef void *px = _ptr(x)
     cdef void *pm = _ptr(mean)
@@ -219,21 +239,16 @@ def backward_reduce(dy, x, mean, y, int64_t N, int64_t C, int64_t S, bint channe
     cdef double *ps = <double *>_ptr(sum_dy)
     cdef double *pq = <double *>_ptr(sum_dy_xmu)
     cdef int rc
-    if _is_f32(x):
-        with nogil:
-            rc = cbn_backward_reduce_f32(<float *>pdy, <float *>px, <float *>pm, <float *>py,
-                                         act, N, C, S, layout, ps, pq, n_threads)
-    else:
-        with nogil:
-            rc = cbn_backward_reduce_f64(<double *>pdy, <double *>px, <double *>pm,
-                                         <double *>py, act, N, C, S, layout, ps, pq, n_threads)
+    with nogil:
+        rc = cbn_backward_reduce_t(f32, pdy, px, pm, py, act, N, C, S, layout, ps, pq, n_threads)
     return rc
 
 
 def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, double count, dx,
                 int64_t N, int64_t C, int64_t S, bint channels_last, int n_threads):
-    cdef cbn_layout layout = CBN_CHANNELS_LAST if channels_last else CBN_CHANNELS_FIRST
-    cdef cbn_activation act = CBN_ACTIVATION_NONE if y is None else CBN_ACTIVATION_RELU
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
+    cdef cbn_activation act = _activation(y is not None)
     cdef void *pdy = _ptr(dy)
     cdef void *px = _ptr(x)
     cdef void *pm = _ptr(mean)
@@ -244,14 +259,7 @@ def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, double count
     cdef double *pq = <double *>_ptr(sum_dy_xmu)
     cdef void *pdx = _ptr(dx)
     cdef int rc
-    if _is_f32(x):
-        with nogil:
-            rc = cbn_backward_dx_f32(<float *>pdy, <float *>px, <float *>pm, <float *>pi,
-                                     <float *>pw, <float *>py, act, ps, pq, count,
-                                     <float *>pdx, N, C, S, layout, n_threads)
-    else:
-        with nogil:
-            rc = cbn_backward_dx_f64(<double *>pdy, <double *>px, <double *>pm, <double *>pi,
-                                     <double *>pw, <double *>py, act, ps, pq, count,
-                                     <double *>pdx, N, C, S, layout, n_threads)
+    with nogil:
+        rc = cbn_backward_dx_t(f32, pdy, px, pm, pi, pw, py, act, ps, pq, count, pdx, N, C, S,
+                               layout, n_threads)
     return rc

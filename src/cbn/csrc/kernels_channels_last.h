@@ -1,0 +1,454 @@
+/* kernels_channels_last.h - the kernels' three phases for channels-last data (x[r][c], rows
+ * r = n*S + s), and the row loops that channels-first data with short runs also goes through.
+ *
+ * A part of kernels_impl.h (after kernels_common.h).
+ */
+
+/* ---- channels-last: unit = (row block, column tile) ----------------------------------------
+ * Partials are structure-of-arrays: first sums at part[rb*C + c], second at
+ * part[n_row_blocks*C + rb*C + c]. */
+
+typedef struct { int64_t r0, r1, c0, w; int prefetch; } FN(tile);
+
+static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
+{
+    const int64_t rb = u / p->n_col_tiles, ct = u - rb * p->n_col_tiles;
+    FN(tile) t;
+    t.r0 = rb * p->row_block;
+    t.r1 = t.r0 + p->row_block < p->rows ? t.r0 + p->row_block : p->rows;
+    t.c0 = ct * p->col_tile;
+    t.w = t.c0 + p->col_tile < p->C ? p->col_tile : p->C - t.c0;
+    t.prefetch = p->prefetch;
+    return t;
+}
+
+/* Rows of a tile lie C values apart. When that is farther than the tile is wide, the hardware
+ * prefetcher does not follow from one row to the next, so a step over rows [r, r + 4) asks,
+ * for each CL_PREFETCH_COLUMNS columns [j, j + CL_PREFETCH_COLUMNS) it reads, for the same
+ * columns of the next step's rows. (Blocks of 64 columns: narrower ones cost more in loop
+ * overhead than the prefetch saves.) */
+#define CL_PREFETCH_COLUMNS 64
+static inline void FN(prefetch_next_rows)(const T *p, int64_t C, int64_t r, int64_t r_end,
+                                          int64_t j, int64_t j_end)
+{
+    for (int64_t i = r + 4; i < r + 8 && i < r_end; i++)
+        for (int64_t k = j; k < j + CL_PREFETCH_COLUMNS && k < j_end; k += LANES)
+            FN(prefetch_step)(p + i * C + k);
+}
+
+/* When the tile is whole rows, it is one contiguous stream, which the hardware prefetcher alone
+ * does not fetch fast enough (a channels-last backward reduce ran at half the speed of the
+ * channels-first one). A step over rows [r, r + 4) then asks for the 4 rows `ahead` rows on,
+ * `ahead` being about CL_PREFETCH_BYTES. */
+#define CL_PREFETCH_BYTES 4096
+static inline int64_t FN(rows_ahead)(int64_t C)
+{
+    const int64_t step_bytes = 4 * C * (int64_t)sizeof(T);
+    return 4 * ((CL_PREFETCH_BYTES + step_bytes - 1) / step_bytes);
+}
+
+static inline void FN(prefetch_rows_ahead)(const T *p, int64_t C, int64_t r, int64_t r_end,
+                                           int64_t ahead)
+{
+    const int64_t a = r + ahead, b = a + 4 < r_end ? a + 4 : r_end;
+    for (int64_t i = a * C; i < b * C; i += LANES) FN(prefetch_step)(p + i);
+}
+
+/* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
+ * Four rows per step keep the accumulators' memory traffic below the data's. */
+static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double *restrict pivot,
+                                double *restrict s, double *restrict q)
+{
+    const int far = t.prefetch && C > t.w;
+    const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
+    const int64_t ahead = FN(rows_ahead)(C);
+    int64_t r = t.r0;
+    for (; r + 4 <= t.r1; r += 4) {
+        const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
+                *restrict x3 = x2 + C;
+        if (t.prefetch && !far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
+            if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
+#pragma omp simd
+            for (int64_t j = j0; j < j1; j++) {
+                const double p = pivot[j];
+                const double d0 = (double)x0[j] - p, d1 = (double)x1[j] - p,
+                             d2 = (double)x2[j] - p, d3 = (double)x3[j] - p;
+                s[j] += (d0 + d1) + (d2 + d3);
+                q[j] += MULADD(d1, d1, d0 * d0) + MULADD(d3, d3, d2 * d2);
+            }
+        }
+    }
+    for (; r < t.r1; r++) {
+        const T *restrict xr = x + r * C + t.c0;
+#pragma omp simd
+        for (int64_t j = 0; j < t.w; j++) {
+            const double d = (double)xr[j] - pivot[j];
+            s[j] += d;
+            q[j] = MULADD(d, d, q[j]);
+        }
+    }
+}
+
+/* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - mean[j]) with g = GRAD(dy, y), four rows
+ * per step. Written once; the two calls below specialize it for y == NULL and y != NULL, so the
+ * mask costs nothing when there is no activation. */
+static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
+                                       const T *restrict mean, double *restrict s,
+                                       double *restrict q)
+{
+    const int far = t.prefetch && C > t.w;
+    const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
+    const int64_t ahead = FN(rows_ahead)(C);
+    int64_t r = t.r0;
+    for (; r + 4 <= t.r1; r += 4) {
+        const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        if (t.prefetch && !far) {
+            FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
+            FN(prefetch_rows_ahead)(dy, C, r, t.r1, ahead);
+            if (y) FN(prefetch_rows_ahead)(y, C, r, t.r1, ahead);
+        }
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
+            if (far) {
+                FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
+                FN(prefetch_next_rows)(dy + t.c0, C, r, t.r1, j0, t.w);
+                if (y) FN(prefetch_next_rows)(y + t.c0, C, r, t.r1, j0, t.w);
+            }
+#pragma omp simd
+            for (int64_t j = j0; j < j1; j++) {
+                const double m = (double)mean[j];
+                const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
+                             e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
+                s[j] += (e0 + e1) + (e2 + e3);
+                q[j] += MULADD(e1, (double)x[o1 + j] - m, e0 * ((double)x[o0 + j] - m)) +
+                        MULADD(e3, (double)x[o3 + j] - m, e2 * ((double)x[o2 + j] - m));
+            }
+        }
+    }
+    for (; r < t.r1; r++) {
+        const int64_t o = r * C + t.c0;
+#pragma omp simd
+        for (int64_t j = 0; j < t.w; j++) {
+            const double e = (double)GRAD(dy, y, o + j);
+            s[j] += e;
+            q[j] = MULADD(e, (double)x[o + j] - (double)mean[j], q[j]);
+        }
+    }
+}
+
+static void FN(cl_dy_sums)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
+                           const T *restrict mean, double *restrict s, double *restrict q)
+{
+    if (y) FN(cl_dy_sums_body)(x, dy, y, C, t, mean, s, q);
+    else FN(cl_dy_sums_body)(x, dy, NULL, C, t, mean, s, q);
+}
+
+static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u)
+{
+    const cbn_plan *p = &jb->plan;
+    const FN(tile) t = FN(unit_tile)(p, u);
+    const int64_t at = (t.r0 / p->row_block) * p->C + t.c0;
+    double *s = jb->partials + at, *q = jb->partials + p->n_row_blocks * p->C + at;
+    memset(s, 0, sizeof(double) * (size_t)t.w);
+    memset(q, 0, sizeof(double) * (size_t)t.w);
+    if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, p->C, t, jb->pivot + t.c0, s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, p->C, t, jb->backward.mean + t.c0, s, q);
+}
+
+/* Channel sums over row blocks, in row-block order, for channels [c0, c1) (vectorized across
+ * channels). */
+static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t C = p->C, B = p->n_row_blocks;
+    double *restrict s = jb->sums, *restrict q = jb->sums + C;
+    const double *ps = jb->partials, *pq = jb->partials + B * C;
+    for (int64_t c = c0; c < c1; c++) s[c] = q[c] = 0.0;
+    for (int64_t rb = 0; rb < B; rb++)
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            s[c] += ps[rb * C + c];
+            q[c] += pq[rb * C + c];
+        }
+}
+
+/* Rows of the elementwise pass, one row per step: several rows per step would share the
+ * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer. */
+static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, const T *dy,
+                              const T *y, T *o, int64_t rows, int64_t stride, int64_t w,
+                              int prefetch)
+{
+    const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
+            *restrict shift = coef[K_SHIFT], *restrict xmu = coef[K_XMU];
+    const T lo = relu ? (T)0 : (T)-INFINITY;
+    for (int64_t r = 0; r < rows; r++) {
+        const T *xr = x + r * stride;
+        T *orow = o + r * stride;
+#if defined(__GNUC__)
+        /* rows far apart: ask for the next output row (for writing) while this one is computed,
+         * since the hardware prefetcher does not follow the jump and each store would wait for
+         * its line */
+        if (prefetch && stride > w && r + 1 < rows)
+            for (size_t k = 0; k < sizeof(T) * (size_t)w; k += 64)
+                __builtin_prefetch((char *)(orow + stride) + k, 1, 3);
+#endif
+        if (op == OP_INFER) {
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) {
+                const T v = xr[j] * scale[j] + shift[j];
+                orow[j] = v < lo ? lo : v;
+            }
+        } else if (op == OP_TRAIN) {
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++) {
+                const T v = (xr[j] - center[j]) * scale[j] + shift[j];
+                orow[j] = v < lo ? lo : v;
+            }
+        } else if (y) {
+            const T *g = dy + r * stride, *yr = y + r * stride;
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++)
+                orow[j] = scale[j] * GRAD(g, yr, j) + xmu[j] * (xr[j] - center[j]) + shift[j];
+        } else {
+            const T *g = dy + r * stride;
+#pragma omp simd
+            for (int64_t j = 0; j < w; j++)
+                orow[j] = scale[j] * g[j] + xmu[j] * (xr[j] - center[j]) + shift[j];
+        }
+    }
+}
+
+/* Rows of the elementwise pass with per-column coefficients, starting at element `off` of the
+ * job's arrays; with jb->stream, each row is computed into buf (w values) and streamed out. */
+static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64_t rows,
+                           int64_t stride, int64_t w, T *buf)
+{
+    const T *x = jb->x + off, *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
+    T *out = jb->out + off;
+    if (!jb->stream) {
+        FN(cl_apply_rows)(jb->op, jb->relu, coef, x, dy, y, out, rows, stride, w,
+                          jb->plan.prefetch);
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t o = r * stride;
+        FN(cl_apply_rows)(jb->op, jb->relu, coef, x + o, dy ? dy + o : NULL, y ? y + o : NULL,
+                          buf, 1, stride, w, jb->plan.prefetch);
+        cbn_stream_bytes(out + o, buf, sizeof(T) * (size_t)w);
+    }
+}
+
+static void FN(cl_apply_unit)(const FN(job) *jb, int64_t u)
+{
+    const cbn_plan *p = &jb->plan;
+    const FN(tile) t = FN(unit_tile)(p, u);
+    T *coef[N_COEF];
+    for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + t.c0;
+    T buf[CBN_MAX_COL_TILE];
+    FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf);
+}
+
+/* Elementwise pass over row block rb across all channels, row by row: consecutive rows are
+ * adjacent, so the pass reads one contiguous stream, where a column tile's rows (C values
+ * apart) would each restart the hardware prefetcher. */
+static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t C = p->C, r0 = rb * p->row_block;
+    const int64_t r1 = r0 + p->row_block < p->rows ? r0 + p->row_block : p->rows;
+    T buf[CBN_MAX_COL_TILE];
+    if (p->n_col_tiles == 1 || !jb->stream) {      /* whole rows (buf: streaming only) */
+        FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c0 = 0; c0 < C; c0 += p->col_tile) {
+            T *coef[N_COEF];
+            for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + c0;
+            FN(apply_rows)(jb, coef, r * C + c0, 1, C,
+                           c0 + p->col_tile < C ? p->col_tile : C - c0, buf);
+        }
+}
+
+/* ---- finalize, vectorized across channels, and a thread's share of the call -------------- */
+
+/* First finalize of channels [c0, c1) in channels-last training. With few rows per channel,
+ * the per-channel division and square root are most of the work, so this is a series of simple
+ * loops the compiler vectorizes (same formulas as finalize_train). A channel whose sums
+ * cancelled gets jb->second_pass[c] set and its pivot moved to its mean; returns whether any
+ * did. */
+static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t c1)
+{
+    const int64_t C = jb->plan.C;
+    const double M = (double)jb->plan.M, eps = jb->train.eps, mom = jb->train.momentum;
+    const double *restrict s = jb->sums, *restrict q = jb->sums + C;
+    double *restrict mean = jb->sums + 2 * C, *restrict m2 = jb->sums + 3 * C,
+           *restrict invstd = jb->sums + 4 * C;
+    unsigned char *restrict second_pass = jb->second_pass;
+    int any_cancelled = 0;
+#pragma omp simd reduction(| : any_cancelled)
+    for (int64_t c = c0; c < c1; c++) {
+        m2[c] = FN(train_m2)(jb->pivot[c], s[c], q[c], M, &mean[c]);
+        const int cancelled = FN(train_cancelled)(q[c], m2[c]);
+        second_pass[c] = (unsigned char)cancelled;
+        any_cancelled |= cancelled;
+    }
+    if (any_cancelled) {    /* rare: the channel-by-channel finalize for this range */
+        for (int64_t c = c0; c < c1; c++) {
+            T coefs[N_COEF];
+            double mn;
+            if (second_pass[c]) {
+                jb->pivot[c] = mean[c];
+                continue;
+            }
+            FN(finalize_train)(jb, c, jb->pivot[c], s[c], q[c], 1, 1, coefs, &mn);
+            FN(store_coefs)(jb, c, coefs);
+        }
+        return 1;
+    }
+#pragma omp simd
+    for (int64_t c = c0; c < c1; c++) invstd[c] = FN(train_invstd)(FN(train_var)(m2[c], M), eps);
+    {
+        const T *restrict w = jb->weight, *restrict beta = jb->bias;
+        T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
+          *restrict shift = jb->coef[K_SHIFT], *restrict xmu = jb->coef[K_XMU];
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            FN(train_coef_values)(w ? (double)w[c] : 1.0, beta ? (double)beta[c] : 0.0, mean[c],
+                                  invstd[c], &center[c], &scale[c], &shift[c]);
+            xmu[c] = 0;
+        }
+    }
+    if (jb->train.mean_out) {
+        double *restrict mean_out = jb->train.mean_out, *restrict m2_out = jb->train.m2_out;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            mean_out[c] = mean[c];
+            m2_out[c] = FN(clamped_m2)(m2[c]);
+        }
+    }
+    if (jb->train.save_mean) {
+        T *restrict o = jb->train.save_mean;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) o[c] = (T)mean[c];
+    }
+    if (jb->train.save_invstd) {
+        T *restrict o = jb->train.save_invstd;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) o[c] = (T)invstd[c];
+    }
+    if (jb->train.running_mean) {
+        T *restrict rm = jb->train.running_mean, *restrict rv = jb->train.running_var;
+        const int unbiased = jb->train.unbiased_running_var;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            rm[c] = FN(momentum_update)(rm[c], mom, mean[c]);
+            rv[c] = FN(momentum_update)(
+                rv[c], mom,
+                FN(running_var_estimate)(unbiased, m2[c], FN(train_var)(m2[c], M), M));
+        }
+    }
+    return 0;
+}
+
+/* Finalize of channels [c0, c1) in channels-last backward, vectorized like cl_finalize_train
+ * (same formulas as finalize_backward). */
+static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
+{
+    const int64_t C = jb->plan.C;
+    const double *restrict sum_dy = jb->sums, *restrict sum_dy_xmu = jb->sums + C;
+    if (jb->reduce_only) {          /* the caller combines the sums across processes */
+        double *restrict sum_dy_out = jb->backward.sum_dy_out,
+                         *restrict sum_dy_xmu_out = jb->backward.sum_dy_xmu_out;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) {
+            sum_dy_out[c] = sum_dy[c];
+            sum_dy_xmu_out[c] = sum_dy_xmu[c];
+        }
+        return;
+    }
+    const double M = (double)jb->plan.M;
+    const T *restrict w = jb->weight, *restrict mean = jb->backward.mean,
+            *restrict inv = jb->backward.invstd;
+    T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
+      *restrict shift = jb->coef[K_SHIFT], *restrict xmu = jb->coef[K_XMU];
+#pragma omp simd
+    for (int64_t c = c0; c < c1; c++) {
+        center[c] = mean[c];
+        FN(backward_coef_values)(w ? (double)w[c] : 1.0, (double)inv[c], sum_dy[c],
+                                 sum_dy_xmu[c], M, &scale[c], &shift[c], &xmu[c]);
+    }
+    if (jb->backward.dweight) {
+        T *restrict dw = jb->backward.dweight;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) dw[c] = (T)(sum_dy_xmu[c] * (double)inv[c]);
+    }
+    if (jb->backward.dbias) {
+        T *restrict db = jb->backward.dbias;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) db[c] = (T)sum_dy[c];
+    }
+}
+
+/* Reduce every unit; sum and finalize each channel; sum again, around the mean, the channels
+ * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
+ * thread applies about the row blocks it reduced, last first: those were read most recently and
+ * are the ones still in cache when the tensor does not fit. */
+static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t U = p->n_units, C = p->C;
+    const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
+    const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
+    if (!jb->apply_only) {
+        for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
+        TEAM_BARRIER(nt);
+        FN(sum_row_block_partials)(jb, c0, c1);
+        int mine_cancelled = 0;
+        if (jb->op == OP_TRAIN) {
+            mine_cancelled = FN(cl_finalize_train)(jb, c0, c1);
+        } else {
+            FN(cl_finalize_backward)(jb, c0, c1);
+        }
+        if (mine_cancelled) {
+#pragma omp atomic write
+            jb->any_second_pass = 1;
+        }
+        TEAM_BARRIER(nt);
+        int second_pass;
+#pragma omp atomic read
+        second_pass = jb->any_second_pass;
+        if (second_pass) {      /* all threads agree: a second pass, pivots at the means */
+            for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
+            TEAM_BARRIER(nt);
+            FN(sum_row_block_partials)(jb, c0, c1);
+            for (int64_t c = c0; c < c1; c++) {
+                T coefs[N_COEF];
+                double mean;
+                if (!jb->second_pass[c]) continue;
+                FN(finalize_train)(jb, c, jb->pivot[c], jb->sums[c], jb->sums[C + c], 1, 1,
+                                   coefs, &mean);
+                FN(store_coefs)(jb, c, coefs);
+            }
+            TEAM_BARRIER(nt);
+        }
+    }
+    /* by whole row blocks when there are enough to go round, else by units */
+    const int64_t B = p->n_row_blocks;
+    if (!jb->reduce_only) {
+        if (B >= nt)
+            for (int64_t rb = B * (t + 1) / nt; rb-- > B * t / nt;)
+                FN(cl_apply_block)(jb, rb);
+        else
+            for (int64_t u = u1; u-- > u0;) FN(cl_apply_unit)(jb, u);
+    }
+    cbn_stream_fence();
+}
+
+static void FN(cl_run_job)(FN(job) *jb)
+{
+    jb->any_second_pass = 0;
+    RUN_THREADS(jb->plan.n_threads, FN(cl_thread), jb);
+}

@@ -1,0 +1,379 @@
+/* kernels_common.h - what every kernel shares, written once for both element types: the
+ * build-wide macros (FN, MULADD), the job a kernel call fills in, the thread team (RUN_THREADS,
+ * TEAM_BARRIER), the reduction and elementwise loops over one contiguous run, and the finalize
+ * formulas that turn a channel's sums into its statistics and coefficients.
+ *
+ * A part of kernels_impl.h: included only there, after T, SFX and STATS_MAX_CANCEL are defined.
+ */
+
+/* a*b + c, fused (one rounding) where the CPU has FMA instructions: the sums of squares and
+ * products then run on the FMA units beside the adds, and round once instead of twice. A build
+ * without FMA (CBN_PORTABLE on x86-64) computes a*b + c; results are bit-identical for any
+ * thread count within one build. */
+#if defined(__FMA__) || defined(__aarch64__)
+#define MULADD(a, b, c) fma((a), (b), (c))
+#else
+#define MULADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+typedef enum { OP_TRAIN, OP_BACKWARD, OP_INFER } FN(op);
+
+/* Per-channel coefficients of the elementwise pass, in the element type so that the pass runs at
+ * full SIMD width:
+ *   train:    y  = (x - center) * scale + shift     center = T(mean); shift absorbs the rounding
+ *                                                    of the mean, so float32 data far from zero
+ *                                                    keep their precision (x - center is exact)
+ *   infer:    y  = x * scale + shift
+ *   backward: dx = scale*dy + xmu*(x - center) + shift  (center = save_mean; xmu: the
+ *                                                      coefficient of x - mean) */
+enum { K_CENTER, K_SCALE, K_SHIFT, K_XMU, N_COEF };
+
+/* Everything a kernel call reads and writes. The per-channel inputs and outputs of one op are
+ * grouped under its name; in the split kernels' reduce phase (reduce_only), the per-channel
+ * double sums are written instead of coefficients and outputs. */
+typedef struct {
+    FN(op) op;
+    cbn_plan plan;
+    const T *x, *dy;
+    const T *y;                   /* backward through a fused ReLU: its output, else NULL */
+    T *out;                       /* y or dx */
+    const T *weight, *bias;
+    int relu;                     /* forward: clamp the output at 0 (fused ReLU) */
+    int reduce_only, apply_only;  /* split kernels: one phase; apply_only: coef is filled in */
+    struct {
+        double momentum, eps;
+        int unbiased_running_var;
+        T *running_mean, *running_var;
+        T *save_mean, *save_invstd;
+        double *mean_out, *m2_out;              /* reduce_only (cbn_batch_stats) */
+    } train;
+    struct {
+        const T *mean, *invstd;                 /* the forward's saved statistics */
+        T *dweight, *dbias;
+        double *sum_dy_out, *sum_dy_xmu_out;    /* reduce_only (cbn_backward_reduce) */
+    } backward;
+    /* scratch */
+    double *partials;             /* 2 per chunk (channels-first) or per row block x channel */
+    double *pivot;                /* C: training's shift of each channel */
+    double *sums;                 /* 2*C: channels-last channel sums, then 3*C: mean, M2 and
+                                   * invstd of the vectorized finalize */
+    T *coef[N_COEF];              /* C each */
+    int stream;                   /* write the output with streaming stores (it exceeds cache) */
+    char *column_scratch;         /* channels-first column mode: per-thread work arrays */
+    /* channels-last training: channels whose one-pass sums cancelled (C flags), and whether
+     * any did, so every thread joins the second pass */
+    unsigned char *second_pass;
+    int any_second_pass;
+} FN(job);
+
+/* Runs fn(jb, t, nt) on a team of up to n threads (t < nt: its size). One thread calls it
+ * directly: an OpenMP region costs about 0.3 us even for one thread, a good share of a small
+ * call. The bodies then must not meet at an OpenMP barrier: called from inside a caller's
+ * parallel region, it would bind to the caller's team (and hang when only some of its threads
+ * are in cbn). Hence TEAM_BARRIER, a barrier only when the call runs its own team of nt > 1
+ * threads. */
+#define RUN_THREADS(n, fn, jb)                                                                  \
+    do {                                                                                        \
+        const int n_ = (n);                                                                     \
+        if (n_ <= 1) {                                                                          \
+            fn(jb, 0, 1);                                                                       \
+        } else {                                                                                \
+            _Pragma("omp parallel num_threads(n_)")                                             \
+            fn(jb, omp_get_thread_num(), omp_get_num_threads());                                \
+        }                                                                                       \
+    } while (0)
+
+#define TEAM_BARRIER(nt)                                                                        \
+    do {                                                                                        \
+        if ((nt) > 1) {                                                                         \
+            _Pragma("omp barrier")                                                              \
+        }                                                                                       \
+    } while (0)
+
+/* ---- contiguous-run primitives -------------------------------------------------------------
+ * The reductions keep LANES partial sums, element i going to lane i % LANES, and add the lanes
+ * in lane order at the end. The summation order is thus fixed by this source, not by a
+ * compiler's choice of vector width, and the independent accumulators hide the latency of the
+ * double adds. A run's `ahead` (0: none) is the distance in elements to the data that will be
+ * summed after it; each step prefetches the matching cache lines there, so the next run is
+ * fetched as steadily as this one is read. The hardware prefetcher does not follow the jump
+ * between one channel's runs. */
+#define LANES 32
+#if LANES != 32
+#error "add_lanes is written for 32 lanes"
+#endif
+
+/* the cache lines of one step's LANES values at p */
+static inline void FN(prefetch_step)(const T *p)
+{
+#if defined(__GNUC__)
+    /* integer arithmetic: a step at the end of an array asks for lines past it (prefetches
+     * never fault), and a pointer formed there would be undefined */
+    for (uintptr_t b = 0; b < LANES * sizeof(T); b += 64)
+        __builtin_prefetch((const void *)((uintptr_t)p + b), 0, 3);
+#else
+    (void)p;
+#endif
+}
+
+/* s[0] += the lanes of a plus ta, s[1] += those of q plus tq. The lanes are added pairwise
+ * (half of them onto the other half, and again): a short dependency chain, since runs can be
+ * short. Constant bounds throughout, so the lanes stay in registers. */
+static inline void FN(add_lanes)(const double *a, const double *q, double ta, double tq,
+                                 double *s)
+{
+    double a16[16], q16[16], a8[8], q8[8], a4[4], q4[4];
+    for (int j = 0; j < 16; j++) a16[j] = a[j] + a[j + 16], q16[j] = q[j] + q[j + 16];
+    for (int j = 0; j < 8; j++) a8[j] = a16[j] + a16[j + 8], q8[j] = q16[j] + q16[j + 8];
+    for (int j = 0; j < 4; j++) a4[j] = a8[j] + a8[j + 4], q4[j] = q8[j] + q8[j + 4];
+    s[0] += ((a4[0] + a4[2]) + (a4[1] + a4[3])) + ta;
+    s[1] += ((q4[0] + q4[2]) + (q4[1] + q4[3])) + tq;
+}
+
+/* s[0] += sum(x - pivot), s[1] += sum((x - pivot)^2) */
+static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, int64_t ahead,
+                                 double *s)
+{
+    double a[LANES] = {0.0}, q[LANES] = {0.0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        if (ahead) FN(prefetch_step)(p + i + ahead);
+#pragma omp simd
+        for (int j = 0; j < LANES; j++) {
+            const double d = (double)p[i + j] - pivot;
+            a[j] += d;
+            q[j] = MULADD(d, d, q[j]);
+        }
+    }
+    double ta = 0.0, tq = 0.0;           /* the last n % LANES values */
+    for (; i < n; i++) {
+        const double d = (double)p[i] - pivot;
+        ta += d;
+        tq = MULADD(d, d, tq);
+    }
+    FN(add_lanes)(a, q, ta, tq, s);
+}
+
+/* The gradient reaching batch norm: dy, or dy where y > 0 and 0 elsewhere when a fused ReLU
+ * produced y (y == NULL: no activation). */
+static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
+/* Both values are loaded unconditionally, so the select vectorizes as a blend. */
+#define GRAD(dy, y, i) ((y) ? FN(relu_grad)((dy)[i], (y)[i]) : (dy)[i])
+
+/* s[0] += sum(g), s[1] += sum(g * (x - mean)), g = GRAD(dy, y). Written once; the call below
+ * specializes it for y == NULL and y != NULL, so the mask costs nothing without activation. */
+static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict y,
+                                        const T *restrict x, int64_t n, double mean,
+                                        int64_t ahead, double *s)
+{
+    double a[LANES] = {0.0}, q[LANES] = {0.0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        if (ahead) {
+            FN(prefetch_step)(dy + i + ahead);
+            FN(prefetch_step)(x + i + ahead);
+            if (y) FN(prefetch_step)(y + i + ahead);
+        }
+#pragma omp simd
+        for (int j = 0; j < LANES; j++) {
+            const double g = (double)GRAD(dy, y, i + j);
+            a[j] += g;
+            q[j] = MULADD(g, (double)x[i + j] - mean, q[j]);
+        }
+    }
+    double ta = 0.0, tq = 0.0;           /* the last n % LANES values */
+    for (; i < n; i++) {
+        const double g = (double)GRAD(dy, y, i);
+        ta += g;
+        tq = MULADD(g, (double)x[i] - mean, tq);
+    }
+    FN(add_lanes)(a, q, ta, tq, s);
+}
+
+static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, double mean,
+                            int64_t ahead, double *s)
+{
+    if (y) FN(run_dy_sums_body)(dy, y, x, n, mean, ahead, s);
+    else FN(run_dy_sums_body)(dy, NULL, x, n, mean, ahead, s);
+}
+
+/* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
+ * stays NaN); y: the mask of a fused ReLU in backward. */
+static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
+                                 T *out, int64_t n, const T *coefs)
+{
+    const T center = coefs[K_CENTER], scale = coefs[K_SCALE], shift = coefs[K_SHIFT],
+            xmu = coefs[K_XMU];
+    if (op == OP_BACKWARD) {
+        if (y) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++)
+                out[i] = scale * FN(relu_grad)(dy[i], y[i]) + xmu * (x[i] - center) + shift;
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + xmu * (x[i] - center) + shift;
+        }
+        return;
+    }
+    const T lo = relu ? (T)0 : (T)-INFINITY;     /* v < -inf never holds: no clamp */
+    if (op == OP_INFER) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            const T v = x[i] * scale + shift;
+            out[i] = v < lo ? lo : v;
+        }
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            const T v = (x[i] - center) * scale + shift;
+            out[i] = v < lo ? lo : v;
+        }
+    }
+}
+
+/* ---- finalize: a channel's summed partials -> coefficients and per-channel outputs --------- */
+
+/* Statistics. Training sums d = x - pivot and d^2 with the pivot the channel's first value, so
+ * partials simply add up. That is exact unless the pivot lies far from the mean: then sum(d^2)
+ * dwarfs M2 = sum((x - mean)^2) and digits cancel. When more than a factor STATS_MAX_CANCEL of
+ * the magnitude would cancel, the channel is summed again around its mean (a true two-pass),
+ * which cancels nothing. float keeps about 2^-28 relative accuracy in M2 this way, double 2^-44.
+ */
+
+/* Channel c's coefficients: into the job's per-channel arrays, and back out. */
+static inline void FN(store_coefs)(const FN(job) *jb, int64_t c, const T *coefs)
+{
+    for (int i = 0; i < N_COEF; i++) jb->coef[i][c] = coefs[i];
+}
+
+static inline void FN(load_coefs)(const FN(job) *jb, int64_t c, T *coefs)
+{
+    for (int i = 0; i < N_COEF; i++) coefs[i] = jb->coef[i][c];
+}
+
+/* The finalize formulas, one channel at a time; finalize_train and the vectorized channels-last
+ * finalize both use them, so both give the same bits. */
+
+/* Mean and M2 = sum((x - mean)^2) from the shifted sums s = sum(x - pivot),
+ * q = sum((x - pivot)^2) over M values. M2 cancelled when more than a factor STATS_MAX_CANCEL of
+ * q did (train_cancelled; also true for M2 <= 0 < q). */
+static inline double FN(train_m2)(double pivot, double s, double q, double M, double *mean)
+{
+    *mean = pivot + s / M;
+    return q - s * (s / M);
+}
+
+static inline int FN(train_cancelled)(double q, double m2) { return q > STATS_MAX_CANCEL * m2; }
+
+/* M2 clamped at 0 (rounding can leave it just below); NaN stays NaN */
+static inline double FN(clamped_m2)(double m2) { return m2 < 0.0 ? 0.0 : m2; }
+
+/* biased variance and 1/sqrt(var + eps) */
+static inline double FN(train_var)(double m2, double M) { return FN(clamped_m2)(m2) / M; }
+static inline double FN(train_invstd)(double var, double eps) { return 1.0 / sqrt(var + eps); }
+
+/* the variance estimate the running variance follows */
+static inline double FN(running_var_estimate)(int unbiased, double m2, double var, double M)
+{
+    return unbiased ? FN(clamped_m2)(m2) / (M - 1.0) : var;
+}
+
+static inline T FN(momentum_update)(T running, double momentum, double value)
+{
+    return (T)((1.0 - momentum) * (double)running + momentum * value);
+}
+
+/* Coefficients of y = (x - mean)*invstd*w + beta (w, beta: the channel's weight and bias). */
+static inline void FN(train_coef_values)(double w, double beta, double mean, double invstd,
+                                         T *center, T *scale, T *shift)
+{
+    const double sc = w * invstd;
+    *center = (T)mean;
+    *scale = (T)sc;
+    *shift = (T)(beta - (mean - (double)*center) * sc);
+}
+
+static inline void FN(train_coefs)(const FN(job) *jb, int64_t c, double mean, double invstd,
+                                   T *coefs)
+{
+    FN(train_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0,
+                          jb->bias ? (double)jb->bias[c] : 0.0, mean, invstd, &coefs[K_CENTER],
+                          &coefs[K_SCALE], &coefs[K_SHIFT]);
+    coefs[K_XMU] = 0;
+}
+
+/* Coefficients of dx = scale*dy + xmu*(x - mean) + shift from a channel's weight w, invstd and
+ * its sums over all M values (shared by backward_coefs and the vectorized finalize). */
+static inline void FN(backward_coef_values)(double w, double invstd, double sum_dy,
+                                            double sum_dy_xmu, double M, T *scale, T *shift,
+                                            T *xmu)
+{
+    const double a = w * invstd;
+    *scale = (T)a;
+    *shift = (T)(-a * sum_dy / M);
+    *xmu = (T)(-a * invstd * invstd * sum_dy_xmu / M);
+}
+
+/* Coefficients of dx for channel c from the sums over all M values of the channel. */
+static void FN(backward_coefs)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
+                               double M, T *coefs)
+{
+    coefs[K_CENTER] = jb->backward.mean[c];
+    FN(backward_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0,
+                             (double)jb->backward.invstd[c], sum_dy, sum_dy_xmu, M,
+                             &coefs[K_SCALE], &coefs[K_SHIFT], &coefs[K_XMU]);
+}
+
+/* Training. s = sum(x - pivot), q = sum((x - pivot)^2) over the channel's M values. Returns 1
+ * (and writes nothing) when too much cancelled and the channel must be summed again around
+ * `*mean_out`; `accept` forces a result (used for that second sum). */
+static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double s, double q,
+                              int accept, int write_outputs, T *coefs, double *mean_out)
+{
+    const double M = (double)jb->plan.M;
+    double mean;
+    const double m2 = FN(train_m2)(pivot, s, q, M, &mean);
+    *mean_out = mean;
+    if (!accept && FN(train_cancelled)(q, m2)) return 1;
+    const double var = FN(train_var)(m2, M);
+    const double invstd = FN(train_invstd)(var, jb->train.eps);
+    FN(train_coefs)(jb, c, mean, invstd, coefs);
+    if (!write_outputs) return 0;
+    if (jb->train.mean_out) {
+        jb->train.mean_out[c] = mean;
+        jb->train.m2_out[c] = FN(clamped_m2)(m2);
+    }
+    if (jb->train.save_mean) jb->train.save_mean[c] = (T)mean;
+    if (jb->train.save_invstd) jb->train.save_invstd[c] = (T)invstd;
+    if (jb->train.running_mean) {
+        jb->train.running_mean[c] =
+            FN(momentum_update)(jb->train.running_mean[c], jb->train.momentum, mean);
+        jb->train.running_var[c] = FN(momentum_update)(
+            jb->train.running_var[c], jb->train.momentum,
+            FN(running_var_estimate)(jb->train.unbiased_running_var, m2, var, M));
+    }
+    return 0;
+}
+
+/* Backward. sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - mean)). */
+static void FN(finalize_backward)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
+                                  int write_outputs, T *coefs)
+{
+    if (jb->reduce_only) {          /* the caller combines the sums across processes */
+        for (int i = 0; i < N_COEF; i++) coefs[i] = 0;
+        if (write_outputs) {
+            jb->backward.sum_dy_out[c] = sum_dy;
+            jb->backward.sum_dy_xmu_out[c] = sum_dy_xmu;
+        }
+        return;
+    }
+    FN(backward_coefs)(jb, c, sum_dy, sum_dy_xmu, (double)jb->plan.M, coefs);
+    if (!write_outputs) return;
+    const double invstd = (double)jb->backward.invstd[c];
+    if (jb->backward.dweight) jb->backward.dweight[c] = (T)(sum_dy_xmu * invstd);
+    if (jb->backward.dbias) jb->backward.dbias[c] = (T)sum_dy;
+}

@@ -1,0 +1,309 @@
+/* kernels_entry.h - the eight public entry points of each element type (include/cbn.h):
+ * argument checks, the job's plan and scratch, and the dispatch to the channels-first or
+ * channels-last phases.
+ *
+ * A part of kernels_impl.h (last).
+ */
+
+/* ---- shared entry plumbing ------------------------------------------------------------------ */
+
+static int FN(check_shape)(const void *x, const void *out, int64_t N, int64_t C, int64_t S,
+                           cbn_layout layout, int n_threads)
+{
+    if (N < 0 || C < 0 || S < 0 || n_threads < 1) return CBN_ERR_ARGUMENT;
+    if (layout != CBN_CHANNELS_FIRST && layout != CBN_CHANNELS_LAST) return CBN_ERR_ARGUMENT;
+    if ((N * C * S > 0) && (!x || !out)) return CBN_ERR_ARGUMENT;
+    return CBN_OK;
+}
+
+/* CBN_OK for a known activation; a fused ReLU's gradient also needs its output y when there are
+ * values (n_values > 0). Forward calls pass y = NULL, n_values = 0. */
+static int FN(check_activation)(cbn_activation activation, const T *y, int64_t n_values)
+{
+    if (activation == CBN_ACTIVATION_NONE) return CBN_OK;
+    if (activation != CBN_ACTIVATION_RELU) return CBN_ERR_ARGUMENT;
+    return n_values > 0 && !y ? CBN_ERR_ARGUMENT : CBN_OK;
+}
+
+/* Plan the call and allocate its scratch in one block: partials, pivots, channel sums and
+ * coefficient arrays. */
+static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                         int n_threads)
+{
+    cbn_plan *p = &jb->plan;
+    cbn_make_plan(p, N, C, S, layout, n_threads);
+    jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
+    p->prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
+    const int64_t n_part = jb->apply_only ? 0
+                           : p->channels_last ? 2 * p->n_row_blocks * C
+                                              : 2 * p->n_units;
+    const int64_t n_double = n_part + 6 * C;
+    const size_t column_bytes = p->columns && !jb->apply_only
+                                    ? FN(column_scratch_bytes)() * (size_t)p->n_threads
+                                    : 0;
+    const size_t main_bytes = sizeof(double) * (size_t)n_double +
+                              sizeof(T) * (size_t)(N_COEF * C) + (size_t)C;
+    char *buf = (char *)malloc(main_bytes + column_bytes + 64);
+    if (!buf) return CBN_ERR_NO_MEMORY;
+    jb->column_scratch = buf + (main_bytes + 63) / 64 * 64;
+    jb->partials = (double *)buf;
+    jb->pivot = jb->op == OP_TRAIN && !jb->apply_only ? jb->partials + n_part : NULL;
+    jb->sums = jb->partials + n_part + C;
+    T *coef = (T *)(buf + sizeof(double) * (size_t)n_double);
+    for (int i = 0; i < N_COEF; i++) jb->coef[i] = coef + i * C;
+    jb->second_pass = (unsigned char *)(coef + N_COEF * C);
+    if (jb->pivot) {              /* each channel's first value */
+        for (int64_t c = 0; c < C; c++) {
+            int64_t len;
+            jb->pivot[c] = (double)jb->x[p->channels_last ? c : cf_piece(p, c, 0, 1, &len)];
+        }
+    }
+    return CBN_OK;
+}
+
+static void FN(run_job)(FN(job) *jb)
+{
+    if (jb->plan.channels_last) {
+        FN(cl_run_job)(jb);
+    } else if (!jb->apply_only) {
+        FN(cf_run_job)(jb);
+    } else {            /* one pass in storage order, split evenly over threads */
+        RUN_THREADS(jb->plan.n_threads, FN(cf_apply_thread), jb);
+    }
+    free(jb->partials);
+}
+
+/* ---- public kernels ------------------------------------------------------------------------- */
+
+int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                          const T *weight, const T *bias, T *running_mean, T *running_var,
+                          double momentum, double eps, int unbiased_running_var, T *save_mean,
+                          T *save_invstd, cbn_activation activation, int n_threads)
+{
+    int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if ((rc = FN(check_activation)(activation, NULL, 0))) return rc;
+    if (!(eps >= 0.0) || !(momentum >= 0.0 && momentum <= 1.0)) return CBN_ERR_ARGUMENT;
+    if ((running_mean == NULL) != (running_var == NULL)) return CBN_ERR_ARGUMENT;
+    if (N * S <= 1) return CBN_ERR_TOO_FEW_VALUES;
+    if (C == 0) return CBN_OK;
+
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_TRAIN;
+    jb.x = x;
+    jb.out = y;
+    jb.weight = weight;
+    jb.bias = bias;
+    jb.train.running_mean = running_mean;
+    jb.train.running_var = running_var;
+    jb.train.momentum = momentum;
+    jb.train.eps = eps;
+    jb.train.unbiased_running_var = unbiased_running_var;
+    jb.train.save_mean = save_mean;
+    jb.train.save_invstd = save_invstd;
+    jb.relu = activation == CBN_ACTIVATION_RELU;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
+                     const T *weight, const T *y, cbn_activation activation, T *dx, T *dweight,
+                     T *dbias, int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
+{
+    int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
+    if (C > 0 && (!dy || !save_mean || !save_invstd)) return CBN_ERR_ARGUMENT;
+    if (C == 0) return CBN_OK;
+    if (N * S == 0) {        /* empty batch: the parameters get zero gradients */
+        for (int64_t c = 0; c < C; c++) {
+            if (dweight) dweight[c] = 0;
+            if (dbias) dbias[c] = 0;
+        }
+        return CBN_OK;
+    }
+
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_BACKWARD;
+    jb.x = x;
+    jb.dy = dy;
+    jb.out = dx;
+    jb.weight = weight;
+    jb.backward.mean = save_mean;
+    jb.backward.invstd = save_invstd;
+    jb.backward.dweight = dweight;
+    jb.backward.dbias = dbias;
+    jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+/* scale = weight/sqrt(var + eps), shift = bias - mean*scale for every channel, computed in
+ * double and stored in T (one loop, vectorized: it runs once per inference call). */
+static void FN(fold)(int64_t C, const T *running_mean, const T *running_var, const T *weight,
+                     const T *bias, double eps, T *restrict scale, T *restrict shift)
+{
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        const double w = weight ? (double)weight[c] : 1.0, beta = bias ? (double)bias[c] : 0.0;
+        const double s = w / sqrt((double)running_var[c] + eps);
+        scale[c] = (T)s;
+        shift[c] = (T)(beta - (double)running_mean[c] * s);
+    }
+}
+
+int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_var,
+                             const T *weight, const T *bias, double eps, T *scale, T *shift)
+{
+    if (C < 0 || !(eps >= 0.0)) return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!running_mean || !running_var || !scale || !shift)) return CBN_ERR_ARGUMENT;
+    FN(fold)(C, running_mean, running_var, weight, bias, eps, scale, shift);
+    return CBN_OK;
+}
+
+int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                  const T *running_mean, const T *running_var, const T *weight, const T *bias,
+                  double eps, cbn_activation activation, int n_threads)
+{
+    int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if ((rc = FN(check_activation)(activation, NULL, 0))) return rc;
+    if (!(eps >= 0.0)) return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!running_mean || !running_var)) return CBN_ERR_ARGUMENT;
+    if (N * C * S == 0) return CBN_OK;
+
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_INFER;
+    jb.apply_only = 1;
+    jb.x = x;
+    jb.out = y;
+    jb.relu = activation == CBN_ACTIVATION_RELU;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    memset(jb.coef[K_CENTER], 0, sizeof(T) * (size_t)C);      /* unused by inference; defined */
+    memset(jb.coef[K_XMU], 0, sizeof(T) * (size_t)C);
+    FN(fold)(C, running_mean, running_var, weight, bias, eps, jb.coef[K_SCALE], jb.coef[K_SHIFT]);
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+/* ---- split kernels: the phases of training forward and backward, for data-parallel training
+ * where the sums of several processes are combined between the phases ------------------------ */
+
+int FN(cbn_batch_stats)(const T *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                        double *mean, double *m2, int n_threads)
+{
+    int rc = FN(check_shape)(x, x, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if (C > 0 && (!mean || !m2)) return CBN_ERR_ARGUMENT;
+    if (C == 0) return CBN_OK;
+    if (N * S == 0) {             /* no values here: the neutral element of the combination */
+        memset(mean, 0, sizeof(double) * (size_t)C);
+        memset(m2, 0, sizeof(double) * (size_t)C);
+        return CBN_OK;
+    }
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_TRAIN;
+    jb.reduce_only = 1;
+    jb.x = x;
+    jb.train.mean_out = mean;
+    jb.train.m2_out = m2;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                      const double *mean, const double *invstd, const T *weight, const T *bias,
+                      cbn_activation activation, int n_threads)
+{
+    int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if ((rc = FN(check_activation)(activation, NULL, 0))) return rc;
+    if (C > 0 && (!mean || !invstd)) return CBN_ERR_ARGUMENT;
+    if (N * C * S == 0) return CBN_OK;
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_TRAIN;
+    jb.apply_only = 1;
+    jb.x = x;
+    jb.out = y;
+    jb.weight = weight;
+    jb.bias = bias;
+    jb.relu = activation == CBN_ACTIVATION_RELU;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    for (int64_t c = 0; c < C; c++) {
+        T coefs[N_COEF];
+        FN(train_coefs)(&jb, c, mean[c], invstd[c], coefs);
+        FN(store_coefs)(&jb, c, coefs);
+    }
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
+                            cbn_activation activation, int64_t N, int64_t C, int64_t S,
+                            cbn_layout layout, double *sum_dy, double *sum_dy_xmu, int n_threads)
+{
+    int rc = FN(check_shape)(x, dy, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
+    if (C > 0 && (!mean || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
+    if (C == 0) return CBN_OK;
+    if (N * S == 0) {
+        memset(sum_dy, 0, sizeof(double) * (size_t)C);
+        memset(sum_dy_xmu, 0, sizeof(double) * (size_t)C);
+        return CBN_OK;
+    }
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_BACKWARD;
+    jb.reduce_only = 1;
+    jb.x = x;
+    jb.dy = dy;
+    jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
+    jb.backward.mean = mean;
+    jb.backward.sum_dy_out = sum_dy;
+    jb.backward.sum_dy_xmu_out = sum_dy_xmu;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd, const T *weight,
+                        const T *y, cbn_activation activation, const double *sum_dy,
+                        const double *sum_dy_xmu, double count, T *dx, int64_t N, int64_t C,
+                        int64_t S, cbn_layout layout, int n_threads)
+{
+    int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
+    if (C > 0 && (!dy || !mean || !invstd || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
+    if (!(count > 0.0)) return CBN_ERR_ARGUMENT;
+    if (N * C * S == 0) return CBN_OK;
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_BACKWARD;
+    jb.apply_only = 1;
+    jb.x = x;
+    jb.dy = dy;
+    jb.out = dx;
+    jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
+    jb.weight = weight;
+    jb.backward.mean = mean;
+    jb.backward.invstd = invstd;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    for (int64_t c = 0; c < C; c++) {
+        T coefs[N_COEF];
+        FN(backward_coefs)(&jb, c, sum_dy[c], sum_dy_xmu[c], count, coefs);
+        FN(store_coefs)(&jb, c, coefs);
+    }
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
