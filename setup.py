@@ -1,4 +1,5 @@
-"""Build of the cbn extension: the C kernels in src/cbn/csrc plus the Cython bridge.
+"""Build of the cbn extensions: the C kernels in src/cbn/csrc plus the Cython bridge (cbn._core),
+and the benchmark's copy yardstick (cbn.bench._copy), built with the same flags.
 
 Environment:
   CBN_REQUIRE_OPENMP=1  fail the build when the OpenMP probe fails (CI sets it)
@@ -38,9 +39,21 @@ extension = Extension(
              + sorted(glob.glob("src/cbn/csrc/*.h"))),
 )
 
+# The benchmark's yardstick: a plain copy at the kernels' thread count, compiled like them. It is
+# kept out of csrc/ so that embedders who compile csrc/*.c do not get it.
+copy_yardstick = Extension(
+    "cbn.bench._copy",
+    sources=["src/cbn/bench/_copy.pyx", "src/cbn/bench/copy_yardstick.c"],
+    include_dirs=["src/cbn/bench", numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=cflags,
+    extra_link_args=omp_link,
+    depends=["src/cbn/bench/copy_yardstick.h", "tools/openmp_probe.py"],
+)
+
 setup(
     ext_modules=cythonize(
-        [extension],
+        [extension, copy_yardstick],
         include_path=["src"],          # cbn/cbn.pxd, the one declaration of the C API
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
                              "cdivision": True},

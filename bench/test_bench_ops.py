@@ -1,13 +1,17 @@
 """Benchmarks of every op x layout x dtype x shape x implementation, one group per case.
 
-Implementations: cbn (output preallocated with out=), naive NumPy (cbn.bench.numpy_*),
+Implementations: cbn (output preallocated with out=np.empty_like(x)), naive NumPy (cbn.reference's
+formulas in the input dtype),
 PyTorch's CPU kernels (skipped when torch is not importable), and the copy yardstick (a copy of
 x into a preallocated array on the same threads), so that `--benchmark-group-by=group` (the
 default) prints them side by side. Each benchmark also checks that the implementation's output
 matches cbn's, so `--benchmark-disable` makes this a quick test of the benchmark itself.
 
-Shapes are given in NCHW order and permuted for NHWC. The default grid is moderate; the big
-shapes of issue 3 and float64 are marked heavy (CBN_BENCH_FULL=1 or -m heavy).
+Inputs are allocated as NumPy code allocates them (cbn.bench.make_inputs), so the addresses are
+whatever malloc gives, as for users. Shapes are given in NCHW order and permuted for NHWC. The
+default grid is moderate plus one tensor larger than a 32 MB last-level cache (64x64x56x56,
+51 MB, cbn.bench.DRAM_SHAPE); the other big shapes and float64 are marked heavy
+(CBN_BENCH_FULL=1 or -m heavy).
 """
 import numpy as np
 import pytest
@@ -16,7 +20,7 @@ pytest.importorskip("pytest_benchmark")
 
 from cbn import bench as cbn_bench  # noqa: E402
 
-DEFAULT_SHAPES = [(32, 256, 14, 14), (256, 1024), (8, 64, 8, 8)]
+DEFAULT_SHAPES = [(32, 256, 14, 14), (256, 1024), (8, 64, 8, 8), cbn_bench.DRAM_SHAPE]
 HEAVY_SHAPES = [(32, 64, 56, 56), (32, 256, 28, 28), (32, 2048, 7, 7), (16, 32)]
 DTYPES = ["float32", "float64"]  # float64 is heavy
 IMPLS = ["cbn", "numpy", "torch", "copy"]

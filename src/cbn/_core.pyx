@@ -14,10 +14,6 @@ cnp.import_array()
 from cbn.cbn cimport *
 
 
-cdef extern from "copy_yardstick.h" nogil:
-    void cbn_yardstick_copy(void *dst, const void *src, int64_t nbytes, int n_threads)
-
-
 cdef inline void *_ptr(object a):
     """Data pointer of an ndarray, NULL for None."""
     if a is None:
@@ -175,16 +171,6 @@ def fold_scale_shift(int64_t C, running_mean, running_var, weight, bias, double 
     return cbn_fold_scale_shift_t(_is_f32(running_mean), C, _ptr(running_mean),
                                   _ptr(running_var), _ptr(weight), _ptr(bias), eps, _ptr(scale),
                                   _ptr(shift))
-
-
-def yardstick_copy(dst, src, int n_threads):
-    """Copy src into dst (same nbytes, C-contiguous) on n_threads threads: the benchmarks'
-    bandwidth yardstick."""
-    cdef void *pd = _ptr(dst)
-    cdef void *ps = _ptr(src)
-    cdef int64_t nbytes = (<cnp.ndarray>src).nbytes
-    with nogil:
-        cbn_yardstick_copy(pd, ps, nbytes, n_threads)
 
 
 # ---- split kernels (cbn.split) ------------------------------------------------------------------

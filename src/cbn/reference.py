@@ -2,7 +2,9 @@
 
 Every function mirrors the public function of the same name (same argument names), computes in
 float64 whatever the input dtype, and never modifies its inputs. Tests and benchmarks compare the
-C kernels against it; it is written to be obviously correct, not fast.
+C kernels against it; it is written to be obviously correct, not fast. The keyword ``dtype``
+(default float64) computes the same formulas in another dtype instead: ``dtype=x.dtype`` is the
+naive NumPy code a user would write, which the benchmark (`cbn.bench`) times as a peer.
 
 For channel c, over the M values x_i of that channel (every axis but the channel axis)::
 
@@ -34,8 +36,8 @@ __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_
 _CHANNEL_AXIS = {"NCHW": 1, "channels_first": 1, "NHWC": -1, "channels_last": -1}
 
 
-def _f64(a):
-    return None if a is None else np.asarray(a, dtype=np.float64)
+def _as(a, dtype):
+    return None if a is None else np.asarray(a, dtype=dtype)
 
 
 def _geometry(x, layout):
@@ -54,62 +56,65 @@ def _geometry(x, layout):
 
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
-                     momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True):
+                     momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
+                     dtype=np.float64):
     """Training forward.
 
-    Returns ``(y, save_mean, save_invstd, new_running_mean, new_running_var)``, all float64;
+    Returns ``(y, save_mean, save_invstd, new_running_mean, new_running_var)``, all `dtype`;
     the new running statistics are None when not given (the inputs are not modified).
     """
-    x = _f64(x)
+    x = _as(x, dtype)
     axes, b, C, M = _geometry(x, layout)
     mean = x.mean(axis=axes)
     var = ((x - mean.reshape(b)) ** 2).mean(axis=axes)
     invstd = 1.0 / np.sqrt(var + eps)
     y = (x - mean.reshape(b)) * invstd.reshape(b)
     if weight is not None:
-        y = y * _f64(weight).reshape(b)
+        y = y * _as(weight, dtype).reshape(b)
     if bias is not None:
-        y = y + _f64(bias).reshape(b)
+        y = y + _as(bias, dtype).reshape(b)
     new_rm = new_rv = None
     if running_mean is not None:
-        new_rm = (1.0 - momentum) * _f64(running_mean) + momentum * mean
+        new_rm = (1.0 - momentum) * _as(running_mean, dtype) + momentum * mean
     if running_var is not None:
         batch_var = var * M / (M - 1) if unbiased_running_var else var
-        new_rv = (1.0 - momentum) * _f64(running_var) + momentum * batch_var
+        new_rv = (1.0 - momentum) * _as(running_var, dtype) + momentum * batch_var
     return y, mean, invstd, new_rm, new_rv
 
 
-def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW"):
-    """Gradients of the training forward: ``(dx, dweight, dbias)``, all float64."""
-    dy = _f64(dy)
-    x = _f64(x)
+def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW",
+                        dtype=np.float64):
+    """Gradients of the training forward: ``(dx, dweight, dbias)``, all `dtype`."""
+    dy = _as(dy, dtype)
+    x = _as(x, dtype)
     axes, b, C, M = _geometry(x, layout)
-    invstd = _f64(save_invstd)
-    xhat = (x - _f64(save_mean).reshape(b)) * invstd.reshape(b)
+    invstd = _as(save_invstd, dtype)
+    xhat = (x - _as(save_mean, dtype).reshape(b)) * invstd.reshape(b)
     dbias = dy.sum(axis=axes)
     dweight = (dy * xhat).sum(axis=axes)
-    w = np.ones(C) if weight is None else _f64(weight)
+    w = np.ones(C, dtype) if weight is None else _as(weight, dtype)
     k = (w * invstd / M).reshape(b)
     dx = k * (M * dy - dbias.reshape(b) - xhat * dweight.reshape(b))
     return dx, dweight, dbias
 
 
-def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5):
-    """Per-channel ``(scale, shift)`` in float64 with ``y = x * scale + shift``."""
-    running_mean = _f64(running_mean)
-    scale = 1.0 / np.sqrt(_f64(running_var) + eps)
+def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5, *,
+                     dtype=np.float64):
+    """Per-channel ``(scale, shift)`` in `dtype` with ``y = x * scale + shift``."""
+    running_mean = _as(running_mean, dtype)
+    scale = 1.0 / np.sqrt(_as(running_var, dtype) + eps)
     if weight is not None:
-        scale = _f64(weight) * scale
+        scale = _as(weight, dtype) * scale
     shift = -running_mean * scale
     if bias is not None:
-        shift = _f64(bias) + shift
+        shift = _as(bias, dtype) + shift
     return scale, shift
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                     layout="NCHW"):
-    """Inference (frozen statistics): ``y = x * scale + shift`` in float64."""
-    x = _f64(x)
+                     layout="NCHW", dtype=np.float64):
+    """Inference (frozen statistics): ``y = x * scale + shift`` in `dtype`."""
+    x = _as(x, dtype)
     axes, b, C, M = _geometry(x, layout)
-    scale, shift = fold_scale_shift(running_mean, running_var, weight, bias, eps)
+    scale, shift = fold_scale_shift(running_mean, running_var, weight, bias, eps, dtype=dtype)
     return x * scale.reshape(b) + shift.reshape(b)

@@ -1,10 +1,16 @@
-/* copy_yardstick.c - a plain multi-threaded memory copy: the benchmarks' yardstick.
- * Not part of the public API (include/cbn.h): it exists so that every kernel can be compared
- * with the cheapest pass over the same bytes at the same thread count. */
+/* copy_yardstick.c - a plain multi-threaded memory copy: the benchmark's yardstick.
+ * Lives beside the benchmark (cbn.bench._copy), not among the kernels in csrc/, so that programs
+ * embedding the kernels by globbing csrc/*.c do not compile it. It exists so that every kernel
+ * can be compared with the cheapest pass over the same bytes at the same thread count. */
 #include <stdint.h>
 #include <string.h>
 #include "copy_yardstick.h"
-#include "omp_compat.h"
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
+#endif
 
 void cbn_yardstick_copy(void *dst, const void *src, int64_t nbytes, int n_threads)
 {

@@ -1,0 +1,69 @@
+"""What the benchmark measures: ops, layouts, shapes, and the bytes each op must move."""
+import argparse
+
+OPS = ("train", "backward", "infer")
+LAYOUTS = ("NCHW", "NHWC")
+MOMENTUM = 0.1
+EPS = 1e-5
+
+# Shapes are given in NCHW order (N, C, *spatial) and permuted to (N, *spatial, C) for NHWC.
+# 64x64x56x56 float32 is 51 MB: x and y together exceed a 32 MB last-level cache, so that case
+# runs from DRAM whatever the timing mode.
+DRAM_SHAPE = (64, 64, 56, 56)
+DEFAULT_SHAPES = [
+    (32, 64, 56, 56), (32, 256, 28, 28), (32, 256, 14, 14), (32, 2048, 7, 7), (256, 1024),
+    DRAM_SHAPE,
+    (8, 64, 8, 8), (16, 32),  # small: per-call overhead dominates
+]
+# The alignment sweep's default: mid-size, cache-resident on a 32 MB L3 (25.7 MB float32).
+SWEEP_SHAPES = [(32, 64, 56, 56)]
+# The contention check of --busy: issue 11's training case.
+CONTENTION_SHAPE = (32, 64, 56, 56)
+
+# Bytes that must cross memory, in units of x.nbytes: train and infer read x and write y,
+# backward reads x and dy and writes dx.
+TRAFFIC = {"train": 2, "backward": 3, "infer": 2}
+# Targets for cbn (out=) / copy on tensors of 4-100 MB.
+COPY_TARGETS = {"train": 1.3, "backward": 2.0, "infer": 1.1}
+# Target for the alignment sweep: worst / best time over the placements of one op x layout.
+ALIGN_TARGET = 1.25
+
+
+def is_channels_last(layout):
+    return layout in ("NHWC", "channels_last")
+
+
+def layout_shape(shape_nchw, layout):
+    """The array shape for `layout` of a shape given in NCHW order."""
+    shape = tuple(int(s) for s in shape_nchw)
+    if is_channels_last(layout):
+        return (shape[0],) + shape[2:] + (shape[1],)
+    return shape
+
+
+def channel_count(shape, layout):
+    return shape[-1] if is_channels_last(layout) else shape[1]
+
+
+def shape_str(shape):
+    return "x".join(str(s) for s in shape)
+
+
+def parse_shapes(text):
+    """'32x64x56x56,256x1024' -> [(32, 64, 56, 56), (256, 1024)]."""
+    shapes = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        try:
+            shape = tuple(int(s) for s in part.replace("*", "x").split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad shape {part!r}: expected e.g. 32x64x56x56")
+        if len(shape) < 2 or min(shape) < 1:
+            raise argparse.ArgumentTypeError(
+                f"bad shape {part!r}: need at least 2 positive dimensions (N and C)")
+        shapes.append(shape)
+    if not shapes:
+        raise argparse.ArgumentTypeError("no shapes given")
+    return shapes
