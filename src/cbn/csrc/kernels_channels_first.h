@@ -125,8 +125,8 @@ static void FN(cf_apply_piece)(const FN(job) *jb, int64_t off, int64_t len, cons
         return;
     }
     T buf[CBN_STREAM_BLOCK];
-    for (int64_t i = 0; i < len; i += CBN_STREAM_BLOCK) {
-        const int64_t n = len - i < CBN_STREAM_BLOCK ? len - i : CBN_STREAM_BLOCK;
+    for (int64_t i = 0, n; i < len; i += n) {
+        n = cbn_stream_block_len(jb->out + off + i, len - i, CBN_STREAM_BLOCK, sizeof(T));
         FN(run_apply)(jb->op, jb->relu, jb->x + off + i, dy ? dy + i : NULL, y ? y + i : NULL,
                       buf, n, coefs);
         cbn_stream_bytes(jb->out + off + i, buf, sizeof(T) * (size_t)n);
@@ -215,7 +215,7 @@ static void FN(cf_column_apply)(const FN(job) *jb, int64_t g0, int64_t g1, T *ts
             for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) col[j] = value;
         }
     }
-    FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S, tscratch + N_COEF * W);
+    FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S, tscratch + N_COEF * W, W);
 }
 
 static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char *scratch)

@@ -174,6 +174,10 @@ static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1
         }
 }
 
+/* Values of the on-stack block that channels-last streaming computes rows into: a whole tile
+ * row, and several rows when they are contiguous. */
+#define CL_STREAM_BUF (CBN_MAX_COL_TILE > CBN_STREAM_BLOCK ? CBN_MAX_COL_TILE : CBN_STREAM_BLOCK)
+
 /* Rows of the elementwise pass, one row per step: several rows per step would share the
  * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer. */
 static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, const T *dy,
@@ -221,9 +225,11 @@ static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, c
 }
 
 /* Rows of the elementwise pass with per-column coefficients, starting at element `off` of the
- * job's arrays; with jb->stream, each row is computed into buf (w values) and streamed out. */
+ * job's arrays; with jb->stream, rows are computed into buf (room for buf_len >= w values) and
+ * streamed out: several at a time when they are contiguous (stride == w), so that the partial
+ * lines at the ends of each streamed block are few. */
 static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64_t rows,
-                           int64_t stride, int64_t w, T *buf)
+                           int64_t stride, int64_t w, T *buf, int64_t buf_len)
 {
     const T *x = jb->x + off, *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
     T *out = jb->out + off;
@@ -232,11 +238,13 @@ static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64
                           jb->plan.prefetch);
         return;
     }
-    for (int64_t r = 0; r < rows; r++) {
+    const int64_t per_block = stride == w ? buf_len / w : 1;
+    for (int64_t r = 0, n; r < rows; r += n) {
         const int64_t o = r * stride;
+        n = rows - r < per_block ? rows - r : per_block;
         FN(cl_apply_rows)(jb->op, jb->relu, coef, x + o, dy ? dy + o : NULL, y ? y + o : NULL,
-                          buf, 1, stride, w, jb->plan.prefetch);
-        cbn_stream_bytes(out + o, buf, sizeof(T) * (size_t)w);
+                          buf, n, stride, w, jb->plan.prefetch);
+        cbn_stream_bytes(out + o, buf, sizeof(T) * (size_t)(n * w));
     }
 }
 
@@ -246,8 +254,8 @@ static void FN(cl_apply_unit)(const FN(job) *jb, int64_t u)
     const FN(tile) t = FN(unit_tile)(p, u);
     T *coef[N_COEF];
     for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + t.c0;
-    T buf[CBN_MAX_COL_TILE];
-    FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf);
+    T buf[CL_STREAM_BUF];
+    FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf, CL_STREAM_BUF);
 }
 
 /* Elementwise pass over row block rb across all channels, row by row: consecutive rows are
@@ -258,9 +266,9 @@ static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
     const cbn_plan *p = &jb->plan;
     const int64_t C = p->C, r0 = rb * p->row_block;
     const int64_t r1 = r0 + p->row_block < p->rows ? r0 + p->row_block : p->rows;
-    T buf[CBN_MAX_COL_TILE];
+    T buf[CL_STREAM_BUF];
     if (p->n_col_tiles == 1 || !jb->stream) {      /* whole rows (buf: streaming only) */
-        FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf);
+        FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf, CL_STREAM_BUF);
         return;
     }
     for (int64_t r = r0; r < r1; r++)
@@ -268,7 +276,7 @@ static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
             T *coef[N_COEF];
             for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + c0;
             FN(apply_rows)(jb, coef, r * C + c0, 1, C,
-                           c0 + p->col_tile < C ? p->col_tile : C - c0, buf);
+                           c0 + p->col_tile < C ? p->col_tile : C - c0, buf, CL_STREAM_BUF);
         }
 }
 

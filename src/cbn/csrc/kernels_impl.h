@@ -42,6 +42,7 @@
 #undef LANES
 #undef CL_PREFETCH_COLUMNS
 #undef CL_PREFETCH_BYTES
+#undef CL_STREAM_BUF
 #undef GRAD
 #undef FN
 #undef CAT
