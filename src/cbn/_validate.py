@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from . import _core
+from ._alloc import empty_apart
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _LAYOUTS = {"NCHW": False, "channels_first": False, "NHWC": True, "channels_last": True}
@@ -91,32 +92,11 @@ def writable_buffer(a, name, shape, dtype):
     return a
 
 
-# Outputs at least this large are placed half a page away from their input (see _empty_apart).
-_APART_MIN_BYTES = 1 << 18
-
-
-def _empty_apart(shape, dtype, like):
-    """A new array whose address differs from `like`'s by half a page modulo 4 KiB.
-
-    Large allocations start at the same offset within a page, so y[i] and x[i] would share
-    their low 12 address bits; CPUs then stall loads behind unrelated stores (4K aliasing),
-    which costs a streaming kernel about a quarter of its speed.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if like is None or nbytes < _APART_MIN_BYTES:
-        return np.empty(shape, dtype)
-    buf = np.empty(nbytes + 4096, np.uint8)
-    base = _core.address(buf)
-    target = _core.address(like) + 2048
-    shift = (target - base) % 4096 // 64 * 64
-    return buf[shift:shift + nbytes].view(dtype).reshape(shape)
-
-
-def output(out, shape, dtype, name="out", like=None):
-    """The array to write results into: `out` checked, or a new one (apart from `like`)."""
+def output(out, shape, dtype, name="out", like=()):
+    """The array to write results into: `out` checked, or a new one placed apart from the
+    arrays in `like` (see _alloc)."""
     if out is None:
-        return _empty_apart(shape, dtype, like)
+        return empty_apart(shape, dtype, *like)
     return writable_buffer(out, name, shape, dtype)
 
 

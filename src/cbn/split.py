@@ -101,7 +101,7 @@ def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCH
     weight = v.channel_param(weight, "weight", C, x.dtype)
     bias = v.channel_param(bias, "bias", C, x.dtype)
     relu = v.relu(activation)
-    y = v.output(out, x.shape, x.dtype, like=x)
+    y = v.output(out, x.shape, x.dtype, like=(x,))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
     v.check_status(_core.normalize(x, y, N, C, S, cl, mean, invstd, weight, bias, relu,
@@ -156,7 +156,7 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weigh
     if not count > 0:
         raise ValueError(f"count must be > 0 (values per channel over all processes), got {count}")
     y = v.relu_output(y, activation, x)
-    dx = v.output(out, x.shape, x.dtype, like=x)
+    dx = v.output(out, x.shape, x.dtype, like=(x, dy, y))
     n_threads = _resolve(n_threads)
     x, dy = v.contiguous_input(x, dx), v.contiguous_input(dy, dx)
     if y is not None:

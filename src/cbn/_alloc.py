@@ -1,0 +1,46 @@
+"""Placement of the outputs cbn allocates.
+
+NumPy places a large array at whatever offset its allocator returns (any multiple of 16 bytes
+within a cache line, and within a page at a fixed offset that repeats from one array to the
+next). Two placements slow a streaming kernel down, so new outputs avoid both:
+
+* an output that does not start on a 64-byte line makes every vector store that crosses a line
+  cost two, and its first and last lines of each streamed block partial;
+* an output whose address modulo 4 KiB sits just after an input's makes loads of the input
+  wait behind unrelated stores to the output with the same low 12 address bits (4K aliasing).
+"""
+import math
+
+import numpy as np
+
+from . import _core
+
+# Outputs at least this large get a placement of their own (smaller ones live in cache, where
+# neither effect is worth an extra allocation).
+APART_MIN_BYTES = 1 << 18
+_PAGE = 4096
+_LINE = 64
+
+
+def _farthest_line(offsets):
+    """The line-aligned offset within a page farthest (circularly) from every given offset."""
+    points = sorted(o % _PAGE for o in offsets)
+    best, best_gap = 0, -1
+    for i, start in enumerate(points):
+        end = points[i + 1] if i + 1 < len(points) else points[0] + _PAGE
+        if end - start > best_gap:
+            best, best_gap = start + (end - start) // 2, end - start
+    return best // _LINE * _LINE % _PAGE
+
+
+def empty_apart(shape, dtype, *inputs):
+    """A new C-contiguous array on a 64-byte boundary, its address modulo 4 KiB as far as
+    possible from each of `inputs` (arrays or None)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    addresses = [_core.address(a) for a in inputs if a is not None]
+    if not addresses or nbytes < APART_MIN_BYTES:
+        return np.empty(shape, dtype)
+    buf = np.empty(nbytes + _PAGE, np.uint8)
+    shift = (_farthest_line(addresses) - _core.address(buf)) % _PAGE
+    return buf[shift:shift + nbytes].view(dtype).reshape(shape)
