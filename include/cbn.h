@@ -111,6 +111,11 @@ int cbn_openmp_enabled(void);
  * threadpoolctl); 1 without OpenMP. A good n_threads for the kernels. */
 int cbn_max_threads(void);
 
+/* The kernels keep the last per-call work block they used (it grows with C: up to ~80 bytes per
+ * channel) so that the next call does not fault its pages in again. This frees it. Safe to call
+ * at any time from any thread; a later call allocates again. */
+void cbn_release_memory(void);
+
 /*
  * Training forward: normalize x with its own batch statistics.
  *   IN  x                 N*C*S values in `layout` (NULL allowed only when N*C*S == 0)

@@ -25,8 +25,9 @@ static int FN(check_activation)(cbn_activation activation, const T *y, int64_t n
     return n_values > 0 && !y ? CBN_ERR_ARGUMENT : CBN_OK;
 }
 
-/* Plan the call and allocate its scratch in one block: partials, pivots, channel sums and
- * coefficient arrays. */
+/* Plan the call and take its scratch (scratch.h), in one block sized for what the call uses:
+ * partials, training's pivots, channels-last channel sums and finalize arrays (5 per channel),
+ * the coefficient arrays, and per-thread column-mode scratch. */
 static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                          int n_threads)
 {
@@ -34,21 +35,23 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     cbn_make_plan(p, N, C, S, layout, n_threads);
     jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
     p->prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
-    const int64_t n_part = jb->apply_only ? 0
-                           : p->channels_last ? 2 * p->n_row_blocks * C
-                                              : 2 * p->n_units;
-    const int64_t n_double = n_part + 6 * C;
-    const size_t column_bytes = p->columns && !jb->apply_only
+    const int reduces = !jb->apply_only;
+    const int64_t n_part = !reduces ? 0 : p->channels_last ? 2 * p->n_row_blocks * C
+                                                           : 2 * p->n_units;
+    const int64_t n_pivot = reduces && jb->op == OP_TRAIN ? C : 0;
+    const int64_t n_sums = reduces && p->channels_last ? 5 * C : 0;
+    const int64_t n_double = n_part + n_pivot + n_sums;
+    const size_t column_bytes = p->columns && reduces
                                     ? FN(column_scratch_bytes)() * (size_t)p->n_threads
                                     : 0;
     const size_t main_bytes = sizeof(double) * (size_t)n_double +
                               sizeof(T) * (size_t)(N_COEF * C) + (size_t)C;
-    char *buf = (char *)malloc(main_bytes + column_bytes + 64);
+    char *buf = (char *)cbn_scratch_acquire(main_bytes + column_bytes + 64);
     if (!buf) return CBN_ERR_NO_MEMORY;
     jb->column_scratch = buf + (main_bytes + 63) / 64 * 64;
     jb->partials = (double *)buf;
-    jb->pivot = jb->op == OP_TRAIN && !jb->apply_only ? jb->partials + n_part : NULL;
-    jb->sums = jb->partials + n_part + C;
+    jb->pivot = n_pivot ? jb->partials + n_part : NULL;
+    jb->sums = jb->partials + n_part + n_pivot;
     T *coef = (T *)(buf + sizeof(double) * (size_t)n_double);
     for (int i = 0; i < N_COEF; i++) jb->coef[i] = coef + i * C;
     jb->second_pass = (unsigned char *)(coef + N_COEF * C);
@@ -70,7 +73,7 @@ static void FN(run_job)(FN(job) *jb)
     } else {            /* one pass in storage order, split evenly over threads */
         RUN_THREADS(jb->plan.n_threads, FN(cf_apply_thread), jb);
     }
-    free(jb->partials);
+    cbn_scratch_release(jb->partials);
 }
 
 /* ---- public kernels ------------------------------------------------------------------------- */

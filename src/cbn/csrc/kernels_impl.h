@@ -25,6 +25,7 @@
 #include "plan.h"
 #include "omp_compat.h"
 #include "stream_store.h"
+#include "scratch.h"
 
 #ifndef STATS_MAX_CANCEL
 #error "define STATS_MAX_CANCEL before including kernels_impl.h"
@@ -42,7 +43,6 @@
 #undef LANES
 #undef CL_PREFETCH_COLUMNS
 #undef CL_PREFETCH_BYTES
-#undef CL_STREAM_BUF
 #undef GRAD
 #undef FN
 #undef CAT
