@@ -1,4 +1,4 @@
-"""Placement of the outputs cbn allocates.
+"""Memory cbn allocates: where new outputs are placed, and the kernels' kept work memory.
 
 NumPy places a large array at whatever offset its allocator returns (any multiple of 16 bytes
 within a cache line, and within a page at a fixed offset that repeats from one array to the
@@ -44,3 +44,13 @@ def empty_apart(shape, dtype, *inputs):
     buf = np.empty(nbytes + _PAGE, np.uint8)
     shift = (_farthest_line(addresses) - _core.address(buf)) % _PAGE
     return buf[shift:shift + nbytes].view(dtype).reshape(shape)
+
+
+def release_memory():
+    """Free the work memory the kernels keep between calls.
+
+    Each call's scratch (partial sums and per-channel coefficients, up to ~80 bytes per channel)
+    is kept for the next call, so that calls with many channels do not fault fresh pages in every
+    time. This returns it to the system; a later call allocates again.
+    """
+    _core.release_memory()

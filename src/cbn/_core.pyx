@@ -106,6 +106,10 @@ def max_threads():
     return cbn_max_threads()
 
 
+def release_memory():
+    cbn_release_memory()
+
+
 def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, weight, bias,
                   running_mean, running_var, double momentum, double eps,
                   bint unbiased_running_var, save_mean, save_invstd, bint relu, int n_threads):

@@ -45,6 +45,7 @@ cdef extern from "cbn.h" nogil:
     const char *cbn_error_string(int code)
     int cbn_openmp_enabled()
     int cbn_max_threads()
+    void cbn_release_memory()
 
     # fused kernels
     int cbn_train_forward_f32(const float *x, float *y, int64_t N, int64_t C, int64_t S,

@@ -1,0 +1,128 @@
+"""Where arrays sit in memory changes nothing but speed: outputs at any element offset within a
+cache line (streamed or not) get the bits of an aligned output; the outputs cbn allocates sit on
+a cache line, apart from their inputs modulo 4 KiB; calls with many channels reuse their work
+memory instead of faulting fresh pages in."""
+import resource
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn import _alloc, _core
+from conftest import assert_identical, make_params, make_x, n_channels
+
+
+def placed(shape, dtype, offset):
+    """An uninitialised array whose address is `offset` bytes past a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + 128, np.uint8)
+    start = (offset - _core.address(buf)) % 64
+    a = buf[start:start + nbytes].view(dtype).reshape(shape)
+    assert _core.address(a) % 64 == offset
+    return a
+
+
+# outputs past the 16 MB streaming threshold (float32) and one that stays in cache
+PLACEMENT_CASES = [
+    ("NCHW", (4, 3, 600, 700)),      # channels-first, long runs, streamed
+    ("NCHW", (96, 900, 7, 7)),       # channels-first column mode, streamed
+    ("NHWC", (16, 1024, 260)),       # channels-last, whole rows, streamed
+    ("NHWC", (2, 2000, 1100)),       # channels-last, column tiles, streamed
+    ("NHWC", (8, 30, 30, 24)),       # in cache, not streamed
+]
+
+
+@pytest.mark.parametrize("case", PLACEMENT_CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}")
+def test_output_offset_within_a_line_changes_no_bit(rng, case):
+    layout, shape = case
+    dtype = np.float32
+    C = n_channels(shape, layout)
+    x = make_x(rng, shape, dtype, layout, loc=1.0)
+    dy = make_x(rng, shape, dtype, layout)
+    weight, bias = make_params(rng, C, dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+    aligned = placed(shape, dtype, 0)
+    y, mean, invstd = cbn.batch_norm_train(x, weight, bias, layout=layout, activation="relu",
+                                           out=aligned)
+    y = y.copy()
+    dx = cbn.batch_norm_backward(dy, x, mean, invstd, weight, layout=layout,
+                                 out=placed(shape, dtype, 0))[0].copy()
+    yi = cbn.batch_norm_infer(x, rm, rv, weight, bias, layout=layout,
+                              out=placed(shape, dtype, 0)).copy()
+    for offset in (4, 16, 36, 60):
+        out = placed(shape, dtype, offset)
+        cbn.batch_norm_train(x, weight, bias, layout=layout, activation="relu", out=out)
+        assert_identical(out, y, f"train, out {offset} bytes into a line")
+        cbn.batch_norm_backward(dy, x, mean, invstd, weight, layout=layout, out=out)
+        assert_identical(out, dx, f"backward, out {offset} bytes into a line")
+        cbn.batch_norm_infer(x, rm, rv, weight, bias, layout=layout, out=out)
+        assert_identical(out, yi, f"infer, out {offset} bytes into a line")
+
+
+def page_distance(a, b):
+    d = (_core.address(a) - _core.address(b)) % 4096
+    return min(d, 4096 - d)
+
+
+@pytest.mark.parametrize("x_offset", [0, 16, 48])
+def test_allocated_outputs_sit_on_a_line_apart_from_their_inputs(rng, x_offset):
+    shape = (8, 16, 32, 32)                              # 512 KiB: above the placement threshold
+    x = placed(shape, np.float32, x_offset)
+    x[...] = rng.standard_normal(shape)
+    dy = placed(shape, np.float32, (x_offset + 32) % 64)
+    dy[...] = rng.standard_normal(shape)
+    y, mean, invstd = cbn.batch_norm_train(x)
+    yi = cbn.batch_norm_infer(x, np.zeros(16, np.float32), np.ones(16, np.float32))
+    dx, _, _ = cbn.batch_norm_backward(dy, x, mean, invstd)
+    for out in (y, yi, dx):
+        assert _core.address(out) % 64 == 0
+        assert page_distance(out, x) >= 1024
+    assert page_distance(dx, dy) >= 1024
+
+
+def test_farthest_line_is_on_a_line_and_far_from_every_offset():
+    for offsets in ([0], [16], [4000], [0, 2048], [100, 200], [0, 1024, 2048, 3072]):
+        best = _alloc._farthest_line(offsets)
+        assert best % 64 == 0 and 0 <= best < 4096
+        gap = min(min((best - o) % 4096, (o - best) % 4096) for o in offsets)
+        # the best line lies in the middle of the largest gap, give or take one line
+        points = sorted(o % 4096 for o in offsets)
+        gaps = [(points[(i + 1) % len(points)] - p) % 4096 or 4096 for i, p in enumerate(points)]
+        assert gap >= max(gaps) // 2 - 64
+
+
+def minor_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_many_channels_do_not_fault_pages_in_on_every_call(rng):
+    x = rng.standard_normal((2, 1_000_000)).astype(np.float32)
+    C = x.shape[1]
+    weight, bias = make_params(rng, C, np.float32)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    out = np.empty_like(x)
+    y, mean, invstd = cbn.batch_norm_train(x, weight, bias)
+    calls = {
+        "train": lambda: cbn.batch_norm_train(x, weight, bias, running_mean=rm, running_var=rv,
+                                              out=out),
+        "backward": lambda: cbn.batch_norm_backward(x, x, mean, invstd, weight, out=out),
+        "infer": lambda: cbn.batch_norm_infer(x, rm, rv, weight, bias, out=out),
+    }
+    for name, call in calls.items():
+        call()                                           # the first call may allocate
+        before = minor_faults()
+        for _ in range(5):
+            call()
+        per_call = (minor_faults() - before) / 5
+        # ~80 bytes of scratch per channel would be ~20,000 fresh pages per call
+        assert per_call < 200, f"{name}: {per_call:.0f} page faults per call"
+
+
+def test_release_memory_frees_the_kept_scratch_and_calls_still_work(rng):
+    x = make_x(rng, (64, 300), np.float64, "NCHW")
+    y1, _, _ = cbn.batch_norm_train(x)
+    cbn.release_memory()
+    cbn.release_memory()                                 # nothing kept: a no-op
+    y2, _, _ = cbn.batch_norm_train(x)
+    assert_identical(y1, y2)
