@@ -5,6 +5,12 @@ from . import _core
 from . import _validate as v
 from ._threads import _resolve
 
+# Argument names of the arrays each function checks for overlaps, in v.refuse_overlaps' order:
+# the buffers it writes (out first), then the per-channel arrays it reads, then x.
+_TRAIN_BUFFERS = ("out", "running_mean", "running_var", "weight", "bias", "x")
+_BACKWARD_BUFFERS = ("out", "save_mean", "save_invstd", "weight")
+_INFER_BUFFERS = ("out", "running_mean", "running_var", "weight", "bias")
+
 _LAYOUT_DOC = """layout : {"NCHW", "channels_first", "NHWC", "channels_last"}, default "NCHW"
         Where the channel axis is: axis 1 for channels-first ((N, C), (N, C, L), (N, C, H, W),
         (N, C, D, H, W)), the last axis for channels-last ((N, C), (N, L, C), (N, H, W, C), ...)."""
@@ -27,11 +33,14 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     running_mean, running_var = v.running_stats(running_mean, running_var, C, dtype)
     momentum = v.momentum_value(momentum)
     eps = v.eps_value(eps)
+    unbiased_running_var = v.flag(unbiased_running_var, "unbiased_running_var")
     relu = v.relu(activation)
     v.enough_values(x.shape, N, S)
     y = v.output(out, x.shape, dtype, like=(x,))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
+    if out is not None or running_mean is not None:
+        v.refuse_overlaps(_TRAIN_BUFFERS, (out, running_mean, running_var, weight, bias, x), 3, 5)
     save_mean = np.empty(C, dtype)
     save_invstd = np.empty(C, dtype)
     if N * S == 0:
@@ -41,7 +50,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         return y, save_mean, save_invstd
     v.check_status(_core.train_forward(
         x, y, N, C, S, cl, weight, bias, running_mean, running_var, momentum, eps,
-        bool(unbiased_running_var), save_mean, save_invstd, relu, n_threads))
+        unbiased_running_var, save_mean, save_invstd, relu, n_threads))
     return y, save_mean, save_invstd
 
 
@@ -135,6 +144,8 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     dy = v.contiguous_input(dy, dx)
     if y is not None:
         y = v.contiguous_input(y, dx)
+    if out is not None:
+        v.refuse_overlaps(_BACKWARD_BUFFERS, (dx, save_mean, save_invstd, weight), 1, 4)
     dweight = np.empty(C, dtype)
     dbias = np.empty(C, dtype)
     v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias,
@@ -195,6 +206,8 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
     y = v.output(out, x.shape, dtype, like=(x,))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
+    if out is not None:
+        v.refuse_overlaps(_INFER_BUFFERS, (y, running_mean, running_var, weight, bias), 1, 5)
     v.check_status(_core.infer(x, y, N, C, S, cl, running_mean, running_var, weight, bias, eps,
                                relu, n_threads))
     return y
@@ -245,7 +258,9 @@ def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5
     -------
     scale, shift : ndarray, shape (C,)
     """
-    running_mean = np.asarray(running_mean)
+    if running_mean.__class__ is not np.ndarray:
+        v.refuse_masked(running_mean, "running_mean")
+        running_mean = np.asarray(running_mean)
     if running_mean.ndim != 1:
         raise ValueError(f"running_mean must be 1-D (C,), got shape {running_mean.shape}")
     dtype = running_mean.dtype if running_mean.dtype in v._FLOAT_DTYPES else np.dtype(np.float64)

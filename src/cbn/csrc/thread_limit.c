@@ -11,7 +11,8 @@
  *
  * Oversubscription: more threads than CPUs only slow a call down, and each thread's stack costs
  * address space; libgomp exits the process when it cannot create one. Requests are therefore
- * clamped to omp_get_num_procs() (the CPUs in the affinity mask) and omp_get_thread_limit(). */
+ * clamped to the larger of omp_get_num_procs() (the CPUs in the affinity mask) and
+ * omp_get_max_threads() (OMP_NUM_THREADS), and to omp_get_thread_limit(). */
 #if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
 #define _POSIX_C_SOURCE 200809L
 #define CBN_FORK_GUARD 1
@@ -44,8 +45,12 @@ int cbn_thread_limit(int requested)
     if (cbn_serial_only) return 1;
 #endif
 #ifdef _OPENMP
-    const int procs = omp_get_num_procs(), limit = omp_get_thread_limit();
-    if (requested > procs) requested = procs;
+    /* OMP_NUM_THREADS (omp_get_max_threads) above the CPU count is the user's explicit wish to
+     * oversubscribe; an n_threads argument alone never is. */
+    int offered = omp_get_num_procs();
+    const int asked = omp_get_max_threads(), limit = omp_get_thread_limit();
+    if (offered < asked) offered = asked;
+    if (requested > offered) requested = offered;
     if (requested > limit) requested = limit;
     return requested < 1 ? 1 : requested;
 #else
