@@ -18,7 +18,9 @@ _LAYOUT_DOC = """layout : {"NCHW", "channels_first", "NHWC", "channels_last"}, d
 _THREADS_DOC = """n_threads : int or None, default None
         Threads to use. None: the value of `cbn.set_num_threads`, else the OpenMP default
         (OMP_NUM_THREADS, threadpoolctl). Negative counts back from the maximum (-1 = all).
-        Results are bit-identical for every thread count."""
+        At most the CPUs available to the process (or OMP_NUM_THREADS when larger) and
+        OMP_THREAD_LIMIT; one in a process forked after cbn used threads. Results are
+        bit-identical for every thread count."""
 
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
@@ -78,7 +80,7 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
         Scale (gamma) and shift (beta), cast to x's dtype. None means 1 and 0 (affine=False).
     running_mean, running_var : ndarray, shape (C,), optional
         Running statistics, updated in place when given (both or neither; x's dtype, writeable,
-        C-contiguous)::
+        C-contiguous; sharing memory with no other argument)::
 
             running_mean = (1 - momentum) * running_mean + momentum * mean
             running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
@@ -95,7 +97,9 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     activation : {None, "relu"}, default None
         "relu": ``y = max(y, 0)`` in the same pass (no extra array, no extra pass).
     out : ndarray, optional
-        Where to write y: x's dtype and shape, C-contiguous, writeable. ``out=x`` works in place.
+        Where to write y: x's dtype and shape, C-contiguous, writeable (an ndarray subclass
+        such as np.memmap is written into and returned). ``out=x`` works in place; out must
+        not share memory with weight, bias or the running statistics.
     {_THREADS_DOC}
 
     Returns
@@ -112,9 +116,11 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     Raises
     ------
     TypeError
-        x (or an output buffer) of a dtype other than float32/float64.
+        x (or an output buffer) of a dtype other than float32/float64, a masked array, a
+        str or bool for eps/momentum/n_threads, a non-bool unbiased_running_var.
     ValueError
-        Bad shape, layout, eps, momentum, or M == 1 value per channel. Nothing is written.
+        Bad shape, layout, eps (negative or not finite), momentum, M == 1 value per channel,
+        or a written buffer sharing memory with another argument. Nothing is written.
 
     Examples
     --------
