@@ -181,3 +181,13 @@ def test_numpy_and_integer_scalars_are_numbers(data, eps, momentum, unbiased):
 def test_layer_constructor_checks_its_scalars(kwargs, exc):
     with pytest.raises(exc, match=next(iter(kwargs))):
         cbn.BatchNorm(C, **kwargs)
+
+
+@pytest.mark.parametrize("which", ["W", "running_mean", "running_var", "weight", "bias"])
+def test_fold_linear_refuses_masked_arrays(which):
+    arrays = {"W": np.ones((C, 3)), "running_mean": np.zeros(C), "running_var": np.ones(C),
+              "weight": np.ones(C), "bias": np.zeros(C)}
+    arrays[which] = _masked(arrays[which])
+    stats = {k: arrays[k] for k in ("running_mean", "running_var", "weight", "bias")}
+    with pytest.raises(TypeError, match=f"{which} must not be a masked array"):
+        cbn.fold_linear(arrays["W"], None, stats)
