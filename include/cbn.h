@@ -63,12 +63,13 @@
  * results are combined in a fixed order. (A build for a CPU with FMA instructions, such as
  * -march=native on a recent x86-64, rounds each product of the sums of squares once instead of
  * twice, so its last bits may differ from a portable build's.)
- * Thread safety: the library's only mutable state is the fork flag below (set once, never
- * reset). Calls are reentrant and may run concurrently from several threads as long as no call
- * writes an array another call reads or writes. A call on several threads opens its own OpenMP parallel region (a call that will
- * use one thread, small inputs or n_threads = 1, opens none); called from inside a parallel
- * region it follows the OpenMP runtime's nesting settings (usually one thread per call) and
- * never waits at the enclosing team's barriers, so any subset of its threads may call cbn.
+ * Thread safety: calls are reentrant and may run concurrently from several threads as long as
+ * no call writes an array another call reads or writes (the library's global state, such as
+ * the fork flag below, is set once or exchanged atomically). A call on several threads opens
+ * its own OpenMP parallel region (a call that will use one thread, small inputs or
+ * n_threads = 1, opens none); called from inside a parallel region it follows the OpenMP
+ * runtime's nesting settings (usually one thread per call) and never waits at the enclosing
+ * team's barriers, so any subset of its threads may call cbn.
  * Fork: GCC's OpenMP runtime (libgomp) keeps a pool of worker threads that fork() does not copy,
  * so the first parallel region of a forked child waits forever for them. The first call that
  * asks for more than one thread (or cbn_max_threads()) registers a pthread_atfork handler; in
