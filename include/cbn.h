@@ -54,22 +54,43 @@
  * stored in the element type.
  *
  * Threads. n_threads >= 1 is the most threads a call may use (fewer on small inputs: about one
- * per 16384 values). Results are bit-identical for every n_threads: work is cut into chunks
+ * per 16384 values), clamped to the CPUs the process may run on (omp_get_num_procs(), which
+ * follows the affinity mask; or omp_get_max_threads(), i.e. OMP_NUM_THREADS, when that is
+ * larger: the one way to oversubscribe on purpose) and to omp_get_thread_limit()
+ * (OMP_THREAD_LIMIT). So n_threads = INT_MAX means "all", and never starts hundreds of threads
+ * on a small machine. Results are bit-identical for every n_threads: work is cut into chunks
  * whose bounds depend only on the shape, partial sums keep a fixed number of lanes, and chunk
  * results are combined in a fixed order. (A build for a CPU with FMA instructions, such as
  * -march=native on a recent x86-64, rounds each product of the sums of squares once instead of
  * twice, so its last bits may differ from a portable build's.)
- * Thread safety: the library has no global or static mutable state. Calls are reentrant and may
- * run concurrently from several threads as long as no call writes an array another call reads
- * or writes. A call on several threads opens its own OpenMP parallel region (a call that will
- * use one thread, small inputs or n_threads = 1, opens none); called from inside a parallel
- * region it follows the OpenMP runtime's nesting settings (usually one thread per call) and
- * never waits at the enclosing team's barriers, so any subset of its threads may call cbn.
+ * Thread safety: calls are reentrant and may run concurrently from several threads as long as
+ * no call writes an array another call reads or writes (the library's global state, such as
+ * the fork flag below, is set once or exchanged atomically). A call on several threads opens
+ * its own OpenMP parallel region (a call that will use one thread, small inputs or
+ * n_threads = 1, opens none); called from inside a parallel region it follows the OpenMP
+ * runtime's nesting settings (usually one thread per call) and never waits at the enclosing
+ * team's barriers, so any subset of its threads may call cbn.
+ * Fork: GCC's OpenMP runtime (libgomp) keeps a pool of worker threads that fork() does not copy,
+ * so the first parallel region of a forked child waits forever for them. The first call that
+ * asks for more than one thread (or cbn_max_threads()) registers a pthread_atfork handler; in
+ * every process forked after that (and in their children), every call runs on one thread and
+ * opens no parallel region, and cbn_max_threads() returns 1: the same bits as before, never a
+ * hang. The caller has nothing to do. What cbn cannot see: a process that ran OpenMP code of
+ * its own (same runtime, same thread) but no multi-threaded cbn call before forking; its child
+ * should pass n_threads = 1 (any OpenMP region of the child hangs there, not only cbn's).
+ * Starting threads: libgomp ends the process (exit status 1, "libgomp: Thread creation
+ * failed") when it cannot create a worker, for example when an address-space limit (RLIMIT_AS)
+ * leaves no room for a thread stack (RLIMIT_STACK or OMP_STACKSIZE, 8 MiB by default); cbn
+ * cannot turn this into an error code. Workers persist between calls, so only a call that needs
+ * more threads than any before it creates some; with the clamp above that is at most one per
+ * CPU. Under a tight limit, pass n_threads = 1.
  *
  * Errors. Kernels return CBN_OK (0) or a negative code and write nothing when they fail: every
  * argument is checked, and scratch allocated, before the first output is written.
  * In-place use is allowed where documented (y == x, dx == dy: the very same pointer); other
- * overlaps between arrays (partial overlap, an output aliasing a per-channel array) are not.
+ * overlaps between arrays (partial overlap, an output aliasing a per-channel array, the running
+ * statistics aliasing x or each other) are not, and are not detected: the results are then
+ * undefined. (The Python package checks every overlap before calling.)
  *
  * Empty sizes. C == 0: once the other arguments pass their checks, a kernel returns CBN_OK
  * without reading or writing any array (training still requires N*S >= 2). N == 0 or S == 0
@@ -108,7 +129,8 @@ const char *cbn_error_string(int code);
 int cbn_openmp_enabled(void);
 
 /* omp_get_max_threads() of the calling thread (honours OMP_NUM_THREADS, omp_set_num_threads and
- * threadpoolctl); 1 without OpenMP. A good n_threads for the kernels. */
+ * threadpoolctl), clamped as n_threads is (see Threads); 1 without OpenMP and in a forked
+ * child (see Fork). A good n_threads for the kernels. */
 int cbn_max_threads(void);
 
 /* The kernels keep the last per-call work block they used (it grows with C: up to ~80 bytes per

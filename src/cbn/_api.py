@@ -5,6 +5,12 @@ from . import _core
 from . import _validate as v
 from ._threads import _resolve
 
+# Argument names of the arrays each function checks for overlaps, in v.refuse_overlaps' order:
+# the buffers it writes (out first), then the per-channel arrays it reads, then x.
+_TRAIN_BUFFERS = ("out", "running_mean", "running_var", "weight", "bias", "x")
+_BACKWARD_BUFFERS = ("out", "save_mean", "save_invstd", "weight")
+_INFER_BUFFERS = ("out", "running_mean", "running_var", "weight", "bias")
+
 _LAYOUT_DOC = """layout : {"NCHW", "channels_first", "NHWC", "channels_last"}, default "NCHW"
         Where the channel axis is: axis 1 for channels-first ((N, C), (N, C, L), (N, C, H, W),
         (N, C, D, H, W)), the last axis for channels-last ((N, C), (N, L, C), (N, H, W, C), ...)."""
@@ -12,7 +18,9 @@ _LAYOUT_DOC = """layout : {"NCHW", "channels_first", "NHWC", "channels_last"}, d
 _THREADS_DOC = """n_threads : int or None, default None
         Threads to use. None: the value of `cbn.set_num_threads`, else the OpenMP default
         (OMP_NUM_THREADS, threadpoolctl). Negative counts back from the maximum (-1 = all).
-        Results are bit-identical for every thread count."""
+        At most the CPUs available to the process (or OMP_NUM_THREADS when larger) and
+        OMP_THREAD_LIMIT; one in a process forked after cbn used threads. Results are
+        bit-identical for every thread count."""
 
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
@@ -27,11 +35,14 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     running_mean, running_var = v.running_stats(running_mean, running_var, C, dtype)
     momentum = v.momentum_value(momentum)
     eps = v.eps_value(eps)
+    unbiased_running_var = v.flag(unbiased_running_var, "unbiased_running_var")
     relu = v.relu(activation)
     v.enough_values(x.shape, N, S)
     y = v.output(out, x.shape, dtype, like=(x,))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
+    if out is not None or running_mean is not None:
+        v.refuse_overlaps(_TRAIN_BUFFERS, (out, running_mean, running_var, weight, bias, x), 3, 5)
     save_mean = np.empty(C, dtype)
     save_invstd = np.empty(C, dtype)
     if N * S == 0:
@@ -41,7 +52,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         return y, save_mean, save_invstd
     v.check_status(_core.train_forward(
         x, y, N, C, S, cl, weight, bias, running_mean, running_var, momentum, eps,
-        bool(unbiased_running_var), save_mean, save_invstd, relu, n_threads))
+        unbiased_running_var, save_mean, save_invstd, relu, n_threads))
     return y, save_mean, save_invstd
 
 
@@ -69,7 +80,7 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
         Scale (gamma) and shift (beta), cast to x's dtype. None means 1 and 0 (affine=False).
     running_mean, running_var : ndarray, shape (C,), optional
         Running statistics, updated in place when given (both or neither; x's dtype, writeable,
-        C-contiguous)::
+        C-contiguous; sharing memory with no other argument)::
 
             running_mean = (1 - momentum) * running_mean + momentum * mean
             running_var  = (1 - momentum) * running_var  + momentum * var * M / (M - 1)
@@ -86,7 +97,9 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     activation : {None, "relu"}, default None
         "relu": ``y = max(y, 0)`` in the same pass (no extra array, no extra pass).
     out : ndarray, optional
-        Where to write y: x's dtype and shape, C-contiguous, writeable. ``out=x`` works in place.
+        Where to write y: x's dtype and shape, C-contiguous, writeable (an ndarray subclass
+        such as np.memmap is written into and returned). ``out=x`` works in place; out must
+        not share memory with weight, bias or the running statistics.
     {_THREADS_DOC}
 
     Returns
@@ -103,9 +116,11 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     Raises
     ------
     TypeError
-        x (or an output buffer) of a dtype other than float32/float64.
+        x (or an output buffer) of a dtype other than float32/float64, a masked array, a
+        str or bool for eps/momentum/n_threads, a non-bool unbiased_running_var.
     ValueError
-        Bad shape, layout, eps, momentum, or M == 1 value per channel. Nothing is written.
+        Bad shape, layout, eps (negative or not finite), momentum, M == 1 value per channel,
+        or a written buffer sharing memory with another argument. Nothing is written.
 
     Examples
     --------
@@ -135,6 +150,8 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     dy = v.contiguous_input(dy, dx)
     if y is not None:
         y = v.contiguous_input(y, dx)
+    if out is not None:
+        v.refuse_overlaps(_BACKWARD_BUFFERS, (dx, save_mean, save_invstd, weight), 1, 4)
     dweight = np.empty(C, dtype)
     dbias = np.empty(C, dtype)
     v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias,
@@ -195,6 +212,8 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
     y = v.output(out, x.shape, dtype, like=(x,))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
+    if out is not None:
+        v.refuse_overlaps(_INFER_BUFFERS, (y, running_mean, running_var, weight, bias), 1, 5)
     v.check_status(_core.infer(x, y, N, C, S, cl, running_mean, running_var, weight, bias, eps,
                                relu, n_threads))
     return y
@@ -245,7 +264,9 @@ def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5
     -------
     scale, shift : ndarray, shape (C,)
     """
-    running_mean = np.asarray(running_mean)
+    if running_mean.__class__ is not np.ndarray:
+        v.refuse_masked(running_mean, "running_mean")
+        running_mean = np.asarray(running_mean)
     if running_mean.ndim != 1:
         raise ValueError(f"running_mean must be 1-D (C,), got shape {running_mean.shape}")
     dtype = running_mean.dtype if running_mean.dtype in v._FLOAT_DTYPES else np.dtype(np.float64)

@@ -14,6 +14,10 @@ cnp.import_array()
 from cbn.cbn cimport *
 
 
+cdef extern from "thread_limit.h" nogil:
+    int cbn_thread_limit(int requested)
+
+
 cdef inline void *_ptr(object a):
     """Data pointer of an ndarray, NULL for None."""
     if a is None:
@@ -94,6 +98,34 @@ def array_flags(a):
             | (4 if cnp.PyArray_ISALIGNED(arr) else 0))
 
 
+def overlapping_pair(tuple arrays, int n_written, int n_against_first):
+    """First (i, j), i < j, i < n_written, whose arrays share memory, or None. The arrays are
+    C-contiguous ndarrays (each occupies exactly [data, data + nbytes)) or None; the first one
+    is compared only with arrays[1:n_against_first]. One C loop: these checks run on every
+    call, so they must cost well under a microsecond."""
+    cdef Py_ssize_t n = len(arrays), i, j, end
+    cdef size_t lo[16]
+    cdef size_t hi[16]
+    cdef cnp.ndarray a
+    if n > 16:
+        raise ValueError("overlapping_pair: at most 16 arrays")
+    for i in range(n):
+        if arrays[i] is None:
+            lo[i] = hi[i] = 0
+        else:
+            a = <cnp.ndarray>arrays[i]
+            lo[i] = <size_t>cnp.PyArray_DATA(a)
+            hi[i] = lo[i] + <size_t>cnp.PyArray_NBYTES(a)
+    for i in range(min(n_written, n)):
+        if lo[i] == hi[i]:
+            continue
+        end = n_against_first if i == 0 else n
+        for j in range(i + 1, min(end, n)):
+            if lo[i] < hi[j] and lo[j] < hi[i]:
+                return (i, j)
+    return None
+
+
 def error_string(int code):
     return cbn_error_string(code).decode()
 
@@ -108,6 +140,12 @@ def max_threads():
 
 def release_memory():
     cbn_release_memory()
+
+
+def thread_limit(int requested):
+    """requested clamped as every kernel call clamps it (CPUs offered, OMP_THREAD_LIMIT; 1 in
+    a forked child)."""
+    return cbn_thread_limit(requested)
 
 
 def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, weight, bias,

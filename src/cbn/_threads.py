@@ -1,10 +1,18 @@
-"""Thread-count resolution, shared by every kernel call (scikit-learn's conventions)."""
+"""Thread-count resolution, shared by every kernel call (scikit-learn's conventions).
+
+The clamp to what the machine offers lives in the C core (src/cbn/csrc/thread_limit.c, applied
+by every kernel's plan): at most the CPUs this process may run on (its affinity mask, OpenMP's
+omp_get_num_procs) and OMP_THREAD_LIMIT, and one thread in a process forked after cbn started
+threads. Here a request only has to become a C int >= 1; get_num_threads reports the clamped
+count.
+"""
 import operator
 
 from . import _core
 
 _default_threads = None  # set by set_num_threads; None -> the OpenMP default
-# n_threads is a maximum (kernels use fewer on small inputs); larger requests mean "all".
+# n_threads is a maximum (kernels use fewer on small inputs, and never more than the CPUs):
+# larger requests mean "all", and must fit a C int.
 _MOST_THREADS = 1 << 16
 
 
@@ -13,13 +21,15 @@ def _resolve(n_threads):
 
     None -> the value of set_num_threads, else OpenMP's default for the calling thread (honours
     OMP_NUM_THREADS and threadpoolctl); a negative count counts back from that maximum (-1 = all,
-    -2 = all but one, never below 1); 0 is an error.
+    -2 = all but one, never below 1); 0 is an error, and so is a bool.
     """
     if n_threads is None:
         if _default_threads is not None:
             return _default_threads
         return _core.max_threads()
     if n_threads.__class__ is not int:
+        if isinstance(n_threads, bool):
+            raise TypeError("n_threads must be an int or None, got bool")
         try:
             n_threads = operator.index(n_threads)
         except TypeError:
@@ -39,15 +49,16 @@ def set_num_threads(n):
     ----------
     n : int or None
         A positive count, a negative count back from the maximum (-1 = all), or None to go back
-        to the OpenMP default.
+        to the OpenMP default. Calls use at most the CPUs available to the process.
     """
     global _default_threads
     _default_threads = None if n is None else _resolve(n)
 
 
 def get_num_threads():
-    """Thread count a call with ``n_threads=None`` would use now."""
-    return _resolve(None)
+    """Most threads a call with ``n_threads=None`` would use now: the requested count clamped
+    to the CPUs available to the process and OMP_THREAD_LIMIT, 1 in a forked child."""
+    return _core.thread_limit(_resolve(None))
 
 
 def openmp_enabled():

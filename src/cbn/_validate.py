@@ -4,6 +4,7 @@ Each helper raises TypeError for a wrong dtype and ValueError for a wrong shape 
 naming what was expected and what was given, before any output is written.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -14,9 +15,17 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _LAYOUTS = {"NCHW": False, "channels_first": False, "NHWC": True, "channels_last": True}
 
 
+def refuse_masked(a, name):
+    """np.asarray would drop a masked array's mask, and cbn would compute with masked values."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} must not be a masked array (cbn would ignore its mask); pass "
+                        f"{name}.filled(value) or the unmasked part")
+
+
 def float_array(a, name):
     """a as an ndarray of float32 or float64 (any strides)."""
     if a.__class__ is not np.ndarray:
+        refuse_masked(a, name)
         a = np.asarray(a)
     if a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
@@ -59,11 +68,33 @@ def contiguous_input(a, out=None):
     return a
 
 
+def refuse_overlaps(names, arrays, n_written, n_against_out):
+    """ValueError, naming both arguments, when a buffer cbn writes shares memory with an array
+    it reads or with another buffer it writes (running_mean a view of x, one array passed as
+    both running statistics, out holding weight): the kernels would read values they have
+    already overwritten, or write one result over another.
+
+    arrays (with their argument names) are as they go to the kernel, C-contiguous or None: first
+    the n_written buffers cbn writes, starting with the N*C*S output (None when cbn allocated
+    it), then the arrays it only reads. The output is compared with arrays[1:n_against_out]
+    only: the N*C*S inputs listed after those are either the output itself (in place, which
+    the kernels support) or were copied apart by contiguous_input.
+    """
+    pair = _core.overlapping_pair(arrays, n_written, n_against_out)
+    if pair is None:
+        return
+    w, r = names[pair[0]], names[pair[1]]
+    if pair[1] < n_written:
+        raise ValueError(f"{w} and {r} must not share memory (cbn writes both)")
+    raise ValueError(f"{w} must not share memory with {r} (cbn writes {w} while it reads {r})")
+
+
 def channel_param(a, name, C, dtype):
     """A read-only per-channel array: cast to dtype, C-contiguous, shape (C,). None stays None."""
     if a is None:
         return None
     if a.__class__ is not np.ndarray:
+        refuse_masked(a, name)
         a = np.asarray(a)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real floating-point array, got dtype {a.dtype}")
@@ -75,9 +106,12 @@ def channel_param(a, name, C, dtype):
 
 
 def writable_buffer(a, name, shape, dtype):
-    """A buffer cbn writes into: ndarray of exactly dtype and shape, C-contiguous, writeable."""
+    """A buffer cbn writes into: ndarray of exactly dtype and shape, C-contiguous, writeable.
+    Subclasses that are plain memory (np.memmap) are written into and returned as they are."""
     if a.__class__ is not np.ndarray:
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        refuse_masked(a, name)
     if a.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {a.dtype}")
     if a.shape != shape:
@@ -121,18 +155,36 @@ def relu(activation):
     raise ValueError(f"activation must be None or 'relu', got {activation!r}")
 
 
+def real_number(value, name):
+    """value as a float: Python and NumPy real numbers only (no str, no bool, no array)."""
+    if value.__class__ is float:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def eps_value(eps):
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    eps = real_number(eps, "eps")
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
     return eps
 
 
 def momentum_value(momentum):
-    momentum = float(momentum)
+    momentum = real_number(momentum, "momentum")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     return momentum
+
+
+def flag(value, name):
+    """A yes/no argument: bool or numpy.bool_ only (a str such as "no" would count as True)."""
+    if value.__class__ is bool:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
 def enough_values(shape, N, S):

@@ -40,13 +40,14 @@ def _bn_stats(bn):
 
 
 def _fold(W, b, bn_or_stats, min_ndim, what):
-    W = np.asarray(W)
-    if W.dtype not in v._FLOAT_DTYPES:
-        raise TypeError(f"W must have dtype float32 or float64, got {W.dtype}")
+    W = v.float_array(W, "W")
     if W.ndim < min_ndim:
         raise ValueError(f"W must be {what}, got shape {W.shape}")
     out_channels = W.shape[0]
     mean, var, weight, bias, eps = _bn_stats(bn_or_stats)
+    for a, name in ((mean, "running_mean"), (var, "running_var"), (weight, "weight"),
+                    (bias, "bias")):
+        v.refuse_masked(a, name)
     mean = np.asarray(mean)
     if mean.shape != (out_channels,):
         raise ValueError(f"the batch norm must have {out_channels} channels (W's output "
@@ -79,7 +80,7 @@ def fold_linear(W, b, bn_or_stats):
     W_folded, b_folded : ndarray
         ``x @ W_folded.T + b_folded == bn_eval(x @ W.T + b)`` (computed in float64).
     """
-    W = np.asarray(W)
+    W = v.float_array(W, "W")
     if W.ndim != 2:
         raise ValueError(f"W must be (out, in) for a linear layer, got shape {W.shape}")
     return _fold(W, b, bn_or_stats, 2, "(out, in)")

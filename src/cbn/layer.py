@@ -6,6 +6,7 @@ import numpy as np
 
 from . import _api
 from . import _validate as v
+from ._threads import _resolve
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -92,6 +93,7 @@ class BatchNorm:
         self.layout = layout
         self.dtype = dtype
         self.activation = activation
+        _resolve(n_threads)          # a bad count fails here, not at the first forward
         self.n_threads = n_threads
         self.weight = np.empty(C, dtype) if self.affine else None
         self.bias = np.empty(C, dtype) if self.affine and bias else None

@@ -23,6 +23,9 @@ from . import _validate as v
 from ._threads import _resolve
 
 _F64 = np.dtype(np.float64)
+# Argument names for v.refuse_overlaps: the output, then the per-channel arrays read.
+_NORMALIZE_BUFFERS = ("out", "mean", "invstd", "weight", "bias")
+_DX_BUFFERS = ("out", "mean", "invstd", "weight", "sum_dy", "sum_dy_xmu")
 
 
 def _stats_array(a, name, C):
@@ -66,6 +69,8 @@ def combine_stats(counts, means, m2s):
     count : float
     mean, m2 : ndarray of float64, shape (C,)
     """
+    for a, name in ((counts, "counts"), (means, "means"), (m2s, "m2s")):
+        v.refuse_masked(a, name)
     counts = np.ascontiguousarray(counts, dtype=_F64)
     means = np.ascontiguousarray(means, dtype=_F64)
     m2s = np.ascontiguousarray(m2s, dtype=_F64)
@@ -104,6 +109,8 @@ def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCH
     y = v.output(out, x.shape, x.dtype, like=(x,))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
+    if out is not None:
+        v.refuse_overlaps(_NORMALIZE_BUFFERS, (y, mean, invstd, weight, bias), 1, 5)
     v.check_status(_core.normalize(x, y, N, C, S, cl, mean, invstd, weight, bias, relu,
                                    n_threads))
     return y
@@ -152,7 +159,7 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weigh
     weight = v.channel_param(weight, "weight", C, x.dtype)
     sum_dy = _stats_array(sum_dy, "sum_dy", C)
     sum_dy_xmu = _stats_array(sum_dy_xmu, "sum_dy_xmu", C)
-    count = float(count)
+    count = v.real_number(count, "count")
     if not count > 0:
         raise ValueError(f"count must be > 0 (values per channel over all processes), got {count}")
     y = v.relu_output(y, activation, x)
@@ -161,6 +168,8 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weigh
     x, dy = v.contiguous_input(x, dx), v.contiguous_input(dy, dx)
     if y is not None:
         y = v.contiguous_input(y, dx)
+    if out is not None:
+        v.refuse_overlaps(_DX_BUFFERS, (dx, mean, invstd, weight, sum_dy, sum_dy_xmu), 1, 6)
     v.check_status(_core.backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, count,
                                      dx, N, C, S, cl, n_threads))
     return dx

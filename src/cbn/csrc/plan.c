@@ -1,5 +1,6 @@
 /* plan.c - shape -> chunking and thread count (see plan.h). */
 #include "plan.h"
+#include "thread_limit.h"
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -48,6 +49,7 @@ void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layo
     int64_t t = n_threads < 1 ? 1 : n_threads;
     if (t > by_size) t = by_size;
     if (t > p->n_units) t = p->n_units;
+    if (t > 1) t = cbn_thread_limit((int)t);   /* the CPUs offered; 1 after fork */
     if (t < 1) t = 1;
     p->n_threads = (int)t;
     p->prefetch = 0;

@@ -1,6 +1,7 @@
 /* runtime.c - library-wide queries: OpenMP availability, default thread count, error text. */
 #include "cbn.h"
 #include "omp_compat.h"
+#include "thread_limit.h"
 
 int cbn_openmp_enabled(void)
 {
@@ -11,7 +12,7 @@ int cbn_openmp_enabled(void)
 #endif
 }
 
-int cbn_max_threads(void) { return omp_get_max_threads(); }
+int cbn_max_threads(void) { return cbn_thread_limit(omp_get_max_threads()); }
 
 const char *cbn_error_string(int code)
 {
