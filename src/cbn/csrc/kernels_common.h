@@ -52,6 +52,10 @@ typedef struct {
         double *mean_out, *m2_out;              /* reduce_only (cbn_batch_stats) */
     } train;
     struct {
+        const T *running_mean, *running_var;    /* folded tile by tile (plan.whole_tiles) */
+        double eps;
+    } infer;
+    struct {
         const T *mean, *invstd;                 /* the forward's saved statistics */
         T *dweight, *dbias;
         double *sum_dy_out, *sum_dy_xmu_out;    /* reduce_only (cbn_backward_reduce) */
@@ -68,6 +72,7 @@ typedef struct {
      * any did, so every thread joins the second pass */
     unsigned char *second_pass;
     int any_second_pass;
+    int64_t next_unit;            /* units handed out at run time (plan.whole_tiles) */
 } FN(job);
 
 /* Runs fn(jb, t, nt) on a team of up to n threads (t < nt: its size). One thread calls it
@@ -376,4 +381,18 @@ static void FN(finalize_backward)(const FN(job) *jb, int64_t c, double sum_dy, d
     const double invstd = (double)jb->backward.invstd[c];
     if (jb->backward.dweight) jb->backward.dweight[c] = (T)(sum_dy_xmu * invstd);
     if (jb->backward.dbias) jb->backward.dbias[c] = (T)sum_dy;
+}
+
+/* scale = weight/sqrt(var + eps), shift = bias - mean*scale for C channels, computed in double
+ * and stored in T (one vectorized loop: once per inference call, or once per column tile). */
+static void FN(fold)(int64_t C, const T *running_mean, const T *running_var, const T *weight,
+                     const T *bias, double eps, T *restrict scale, T *restrict shift)
+{
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        const double w = weight ? (double)weight[c] : 1.0, beta = bias ? (double)bias[c] : 0.0;
+        const double s = w / sqrt((double)running_var[c] + eps);
+        scale[c] = (T)s;
+        shift[c] = (T)(beta - (double)running_mean[c] * s);
+    }
 }

@@ -35,17 +35,19 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     cbn_make_plan(p, N, C, S, layout, n_threads);
     jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
     p->prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
-    const int reduces = !jb->apply_only;
+    const int by_tiles = p->channels_last && FN(cl_by_whole_tiles)(jb);  /* stack only */
+    const int reduces = !jb->apply_only && !by_tiles;
     const int64_t n_part = !reduces ? 0 : p->channels_last ? 2 * p->n_row_blocks * C
                                                            : 2 * p->n_units;
     const int64_t n_pivot = reduces && jb->op == OP_TRAIN ? C : 0;
     const int64_t n_sums = reduces && p->channels_last ? 5 * C : 0;
     const int64_t n_double = n_part + n_pivot + n_sums;
+    const int64_t n_coef = by_tiles ? 0 : N_COEF * C;
     const size_t column_bytes = p->columns && reduces
                                     ? FN(column_scratch_bytes)() * (size_t)p->n_threads
                                     : 0;
-    const size_t main_bytes = sizeof(double) * (size_t)n_double +
-                              sizeof(T) * (size_t)(N_COEF * C) + (size_t)C;
+    const size_t main_bytes = sizeof(double) * (size_t)n_double + sizeof(T) * (size_t)n_coef +
+                              (size_t)(by_tiles ? 0 : C);
     char *buf = (char *)cbn_scratch_acquire(main_bytes + column_bytes + 64);
     if (!buf) return CBN_ERR_NO_MEMORY;
     jb->column_scratch = buf + (main_bytes + 63) / 64 * 64;
@@ -53,8 +55,8 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     jb->pivot = n_pivot ? jb->partials + n_part : NULL;
     jb->sums = jb->partials + n_part + n_pivot;
     T *coef = (T *)(buf + sizeof(double) * (size_t)n_double);
-    for (int i = 0; i < N_COEF; i++) jb->coef[i] = coef + i * C;
-    jb->second_pass = (unsigned char *)(coef + N_COEF * C);
+    for (int i = 0; i < N_COEF; i++) jb->coef[i] = by_tiles ? NULL : coef + i * C;
+    jb->second_pass = by_tiles ? NULL : (unsigned char *)(coef + n_coef);
     if (jb->pivot) {              /* each channel's first value */
         for (int64_t c = 0; c < C; c++) {
             int64_t len;
@@ -145,20 +147,6 @@ int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_
     return CBN_OK;
 }
 
-/* scale = weight/sqrt(var + eps), shift = bias - mean*scale for every channel, computed in
- * double and stored in T (one loop, vectorized: it runs once per inference call). */
-static void FN(fold)(int64_t C, const T *running_mean, const T *running_var, const T *weight,
-                     const T *bias, double eps, T *restrict scale, T *restrict shift)
-{
-#pragma omp simd
-    for (int64_t c = 0; c < C; c++) {
-        const double w = weight ? (double)weight[c] : 1.0, beta = bias ? (double)bias[c] : 0.0;
-        const double s = w / sqrt((double)running_var[c] + eps);
-        scale[c] = (T)s;
-        shift[c] = (T)(beta - (double)running_mean[c] * s);
-    }
-}
-
 int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_var,
                              const T *weight, const T *bias, double eps, T *scale, T *shift)
 {
@@ -186,10 +174,18 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     jb.x = x;
     jb.out = y;
     jb.relu = activation == CBN_ACTIVATION_RELU;
+    jb.weight = weight;
+    jb.bias = bias;
+    jb.infer.running_mean = running_mean;
+    jb.infer.running_var = running_var;
+    jb.infer.eps = eps;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
-    memset(jb.coef[K_CENTER], 0, sizeof(T) * (size_t)C);      /* unused by inference; defined */
-    memset(jb.coef[K_XMU], 0, sizeof(T) * (size_t)C);
-    FN(fold)(C, running_mean, running_var, weight, bias, eps, jb.coef[K_SCALE], jb.coef[K_SHIFT]);
+    if (jb.coef[K_SCALE]) {       /* folded here, unless the kernel folds tile by tile */
+        memset(jb.coef[K_CENTER], 0, sizeof(T) * (size_t)C);  /* unused by inference; defined */
+        memset(jb.coef[K_XMU], 0, sizeof(T) * (size_t)C);
+        FN(fold)(C, running_mean, running_var, weight, bias, eps, jb.coef[K_SCALE],
+                 jb.coef[K_SHIFT]);
+    }
     FN(run_job)(&jb);
     return CBN_OK;
 }

@@ -25,6 +25,7 @@ void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layo
     p->rows = N * S;
     p->chunk = p->n_chunks = p->row_block = p->col_tile = 0;
     p->n_row_blocks = p->n_col_tiles = 0;
+    p->whole_tiles = 0;
 
     p->columns = !channels_last && S <= CBN_COLUMN_MAX_S;
     if (p->columns) {             /* one unit per channel: channels are never split */
@@ -43,6 +44,7 @@ void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layo
         p->n_row_blocks = ceil_div(p->rows, p->row_block);
         p->n_col_tiles = C > 0 ? ceil_div(C, p->col_tile) : 0;
         p->n_units = p->n_row_blocks * p->n_col_tiles;
+        p->whole_tiles = p->n_row_blocks == 1;
     }
 
     int64_t by_size = (N * C * S) / CBN_MIN_VALUES_PER_THREAD;

@@ -64,6 +64,8 @@ typedef struct {
     int64_t row_block;      /* channels-last: rows per unit */
     int64_t col_tile;       /* channels-last: columns per unit */
     int64_t n_row_blocks, n_col_tiles;
+    int whole_tiles;        /* channels-last with one row block: each column tile holds all the
+                             * values of its channels, so it is a call of its own */
     int64_t n_units;        /* chunks (channels-first: C*n_chunks) or blocks x tiles */
     int n_threads;          /* threads this call will use */
     int prefetch;           /* software prefetch on (set by the kernels: the data is large) */
