@@ -263,79 +263,109 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
 
 /* ---- a thread's share of the call ------------------------------------------------------- */
 
-/* Thread t owns the contiguous unit range [u0, u1). Channels whose chunks all lie in its range
- * are processed in groups that fit in cache: reduce the group, finalize its channels, apply the
- * group while it is still cached, so x crosses DRAM once. A channel cut by a range boundary
- * (at most two per thread) is reduced chunk by chunk, and finished after a barrier: every
- * thread holding part of it adds the same partials in the same order, so all get the same
- * bits; the thread holding its last chunk writes the per-channel outputs. With short runs
- * (plan.columns) units are whole channels, done in column groups. */
-static void FN(cf_thread)(const FN(job) *jb, int64_t t, int64_t nt)
+/* Channels per group: the group's input and output bytes fit the per-core cache budget. */
+static int64_t FN(cf_group_channels)(const FN(job) *jb)
 {
-    const cbn_plan *p = &jb->plan;
-    const int64_t U = p->n_units, K = p->n_chunks, C = p->C;
-    /* channels per group: the group's input and output bytes fit the per-core cache budget */
     const int64_t arrays = jb->op == OP_BACKWARD ? 3 : 2;
-    int64_t group = CBN_GROUP_BYTES / (p->M * arrays * (int64_t)sizeof(T));
-    if (group < 1) group = 1;
-    double *part = jb->partials;
-    const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
-    if (p->columns) {
-        int64_t g = CBN_COLUMN_WIDTH / p->S;
-        if (g > group) g = group;
-        char *scratch = jb->column_scratch + (size_t)t * FN(column_scratch_bytes)();
-        for (int64_t g0 = u0; g0 < u1; g0 += g)
-            FN(cf_column_group)(jb, g0, g0 + g < u1 ? g0 + g : u1, scratch);
-        cbn_stream_fence();
-    } else {
-        const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
-        /* chunks before the first whole channel (all, if the range lies inside one) */
-        const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
-        T coefs[N_COEF];
-        for (int64_t u = u0; u < head_end; u++)
-            FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
-                                part + 2 * u);
-        for (int64_t g0 = own0; g0 < own1; g0 += group) {
-            const int64_t g1 = g0 + group < own1 ? g0 + group : own1;
-            FN(cf_reduce_group)(jb, g0, g1, part);
-            for (int64_t c = g0; c < g1; c++) {
-                FN(cf_finalize)(jb, c, part, 1, coefs);
-                FN(store_coefs)(jb, c, coefs);
-            }
-            if (!jb->reduce_only)
-                for (int64_t n = 0; n < p->N; n++)
-                    FN(cf_apply_runs)(jb, n * C + g0, n * C + g1);
-        }
-        for (int64_t u = own1 * K > head_end ? own1 * K : head_end; u < u1; u++)
-            FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
-                                part + 2 * u);
-        TEAM_BARRIER(nt);
-        /* Channels cut by a range boundary: at most the one holding u0 and the one
-         * holding u1 - 1. All of them are finalized before any is applied, because a second
-         * pass over a channel reads all of its x, which in place (y == x) another thread's
-         * apply would be overwriting. */
-        const int64_t c_lo = u0 / K, c_hi = (u1 - 1) / K;
-        T coefs_lo[N_COEF], coefs_hi[N_COEF];
-#define WHOLLY_MINE(c) ((c) >= own0 && (c) < own1)
-        const int cut_lo = u1 > u0 && !WHOLLY_MINE(c_lo);
-        const int cut_hi = u1 > u0 && c_hi != c_lo && !WHOLLY_MINE(c_hi);
-#undef WHOLLY_MINE
-        if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, coefs_lo);
-        if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, coefs_hi);
-        TEAM_BARRIER(nt);
-        if (!jb->reduce_only)
-            for (int64_t u = u0; u < u1; u++) {
-                const int64_t c = u / K;
-                if (cut_lo && c == c_lo) FN(cf_apply_chunk)(jb, c, u - c * K, coefs_lo);
-                else if (cut_hi && c == c_hi) FN(cf_apply_chunk)(jb, c, u - c * K, coefs_hi);
-            }
-        cbn_stream_fence();
-    }
+    const int64_t group = CBN_GROUP_BYTES / (jb->plan.M * arrays * (int64_t)sizeof(T));
+    return group < 1 ? 1 : group;
 }
 
-static void FN(cf_run_job)(const FN(job) *jb)
+/* Channels [c0, c1), whole: reduce them, finalize them, and apply them while they are still
+ * cached, so x crosses DRAM once. */
+static void FN(cf_whole_group)(const FN(job) *jb, int64_t c0, int64_t c1)
 {
-    RUN_THREADS(jb->plan.n_threads, FN(cf_thread), jb);
+    T coefs[N_COEF];
+    FN(cf_reduce_group)(jb, c0, c1, jb->partials);
+    for (int64_t c = c0; c < c1; c++) {
+        FN(cf_finalize)(jb, c, jb->partials, 1, coefs);
+        FN(store_coefs)(jb, c, coefs);
+    }
+    if (!jb->reduce_only)
+        for (int64_t n = 0; n < jb->plan.N; n++)
+            FN(cf_apply_runs)(jb, n * jb->plan.C + c0, n * jb->plan.C + c1);
+}
+
+/* Enough channel groups to go round (or short runs, plan.columns, whose units are whole
+ * channels): threads take groups of whole channels as they come (take_unit), so none waits for
+ * a thread that lost its core, and no barrier is needed. */
+static void FN(cf_groups_thread)(FN(job) *jb, int64_t t, int64_t nt)
+{
+    const cbn_plan *p = &jb->plan;
+    int64_t group = FN(cf_group_channels)(jb);
+    char *scratch = NULL;
+    (void)nt;
+    if (p->columns) {
+        if (group > CBN_COLUMN_WIDTH / p->S) group = CBN_COLUMN_WIDTH / p->S;
+        scratch = jb->column_scratch + (size_t)t * FN(column_scratch_bytes)();
+    }
+    for (int64_t g; (g = FN(take_unit)(jb)) * group < p->C;) {
+        const int64_t c0 = g * group, c1 = c0 + group < p->C ? c0 + group : p->C;
+        if (p->columns) FN(cf_column_group)(jb, c0, c1, scratch);
+        else FN(cf_whole_group)(jb, c0, c1);
+    }
+    cbn_stream_fence();
+}
+
+/* Few channels for the threads: thread t owns the contiguous unit (chunk) range [u0, u1).
+ * Channels whose chunks all lie in its range are done in whole groups (cf_whole_group). A
+ * channel cut by a range boundary (at most two per thread) is reduced chunk by chunk, and
+ * finished after a barrier: every thread holding part of it adds the same partials in the same
+ * order, so all get the same bits; the thread holding its last chunk writes the per-channel
+ * outputs. */
+static void FN(cf_ranges_thread)(FN(job) *jb, int64_t t, int64_t nt)
+{
+    const cbn_plan *p = &jb->plan;
+    const int64_t U = p->n_units, K = p->n_chunks;
+    const int64_t group = FN(cf_group_channels)(jb);
+    double *part = jb->partials;
+    const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
+    const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
+    /* chunks before the first whole channel (all, if the range lies inside one) */
+    const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
+    for (int64_t u = u0; u < head_end; u++)
+        FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+                            part + 2 * u);
+    for (int64_t g0 = own0; g0 < own1; g0 += group)
+        FN(cf_whole_group)(jb, g0, g0 + group < own1 ? g0 + group : own1);
+    for (int64_t u = own1 * K > head_end ? own1 * K : head_end; u < u1; u++)
+        FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+                            part + 2 * u);
+    TEAM_BARRIER(nt);
+    /* Channels cut by a range boundary: at most the one holding u0 and the one
+     * holding u1 - 1. All of them are finalized before any is applied, because a second
+     * pass over a channel reads all of its x, which in place (y == x) another thread's
+     * apply would be overwriting. */
+    const int64_t c_lo = u0 / K, c_hi = (u1 - 1) / K;
+    T coefs_lo[N_COEF], coefs_hi[N_COEF];
+#define WHOLLY_MINE(c) ((c) >= own0 && (c) < own1)
+    const int cut_lo = u1 > u0 && !WHOLLY_MINE(c_lo);
+    const int cut_hi = u1 > u0 && c_hi != c_lo && !WHOLLY_MINE(c_hi);
+#undef WHOLLY_MINE
+    if (cut_lo) FN(cf_finalize)(jb, c_lo, part, (c_lo + 1) * K - 1 < u1, coefs_lo);
+    if (cut_hi) FN(cf_finalize)(jb, c_hi, part, (c_hi + 1) * K - 1 < u1, coefs_hi);
+    TEAM_BARRIER(nt);
+    if (!jb->reduce_only)
+        for (int64_t u = u0; u < u1; u++) {
+            const int64_t c = u / K;
+            if (cut_lo && c == c_lo) FN(cf_apply_chunk)(jb, c, u - c * K, coefs_lo);
+            else if (cut_hi && c == c_hi) FN(cf_apply_chunk)(jb, c, u - c * K, coefs_hi);
+        }
+    cbn_stream_fence();
+}
+
+/* Channel groups per thread from which threads take groups at run time instead of ranges. */
+#define CF_MIN_GROUPS_PER_THREAD 4
+
+static void FN(cf_run_job)(FN(job) *jb)
+{
+    const int nt = jb->plan.n_threads;
+    const int64_t group = FN(cf_group_channels)(jb);
+    jb->next_unit = 0;
+    if (jb->plan.columns || (jb->plan.C + group - 1) / group >= CF_MIN_GROUPS_PER_THREAD * nt)
+        RUN_THREADS(nt, FN(cf_groups_thread), jb);
+    else
+        RUN_THREADS(nt, FN(cf_ranges_thread), jb);
 }
 
 /* Apply-only channels-first: thread t of nt takes its share of the runs in storage order or,

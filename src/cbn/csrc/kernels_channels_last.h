@@ -432,16 +432,6 @@ static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
  * channels cost more than the data (~80 bytes per channel against 8). The sums are those of
  * the row-block path with its one row block. */
 
-/* The next tile to process, handed out at run time so that a thread that lost its core holds
- * up nothing but the tile it is in (which tile a thread takes changes no result). */
-static inline int64_t FN(take_unit)(FN(job) *jb)
-{
-    int64_t u;
-#pragma omp atomic capture
-    u = jb->next_unit++;
-    return u;
-}
-
 /* Elementwise pass over a whole tile with the tile's own coefficients (coef[i][j]: column j). */
 static void FN(cl_apply_tile)(const FN(job) *jb, FN(tile) t, T *const *coef)
 {

@@ -72,7 +72,7 @@ typedef struct {
      * any did, so every thread joins the second pass */
     unsigned char *second_pass;
     int any_second_pass;
-    int64_t next_unit;            /* units handed out at run time (plan.whole_tiles) */
+    int64_t next_unit;            /* units handed out at run time (take_unit) */
 } FN(job);
 
 /* Runs fn(jb, t, nt) on a team of up to n threads (t < nt: its size). One thread calls it
@@ -98,6 +98,18 @@ typedef struct {
             _Pragma("omp barrier")                                                              \
         }                                                                                       \
     } while (0)
+
+/* The next unit of work (a tile, a channel group), handed out at run time so that a thread
+ * that lost its core holds up nothing but the unit it is in. Which thread takes which unit
+ * changes no result: a unit's sums never depend on it. (An atomic, not an OpenMP loop: a loop
+ * construct would bind to a caller's team on the one-thread path.) */
+static inline int64_t FN(take_unit)(FN(job) *jb)
+{
+    int64_t u;
+#pragma omp atomic capture
+    u = jb->next_unit++;
+    return u;
+}
 
 /* ---- contiguous-run primitives -------------------------------------------------------------
  * The reductions keep LANES partial sums, element i going to lane i % LANES, and add the lanes

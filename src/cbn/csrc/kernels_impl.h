@@ -37,6 +37,7 @@
 #include "kernels_entry.h"
 
 #undef CF_FOR_PIECES
+#undef CF_MIN_GROUPS_PER_THREAD
 #undef RUN_THREADS
 #undef TEAM_BARRIER
 #undef MULADD
