@@ -11,6 +11,8 @@ import zlib
 import numpy as np
 import pytest
 
+import cbn
+
 # Test modules do `from conftest import ...`; make that work under any pytest import mode.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
@@ -98,6 +100,19 @@ def values_per_channel(shape, layout):
 def channel_take(a, c, layout):
     """All values of channel c of a (any layout) as a flat float64 array."""
     return np.take(np.asarray(a, np.float64), c, axis=channel_axis(layout, np.ndim(a))).ravel()
+
+
+@pytest.fixture
+def many_threads():
+    """Lets calls run more threads than the machine has CPUs while the test runs.
+
+    cbn clamps a thread request to the CPUs offered or OpenMP's max threads, whichever is
+    larger; raising the latter keeps the bit-identity tests' 3, 5, 7 and 16 threads real on a
+    2-CPU machine (each thread count cuts the work at other places)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=16, user_api="openmp"):
+        assert not cbn.openmp_enabled() or cbn.get_num_threads() == 16
+        yield
 
 
 @pytest.fixture

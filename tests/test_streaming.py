@@ -21,7 +21,7 @@ STREAM_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", STREAM_CASES, ids=case_id)
-def test_streamed_outputs_match_reference(rng, case, dtype):
+def test_streamed_outputs_match_reference(rng, many_threads, case, dtype):
     layout, shape = case
     C = n_channels(shape, layout)
     x = make_x(rng, shape, dtype, layout, loc=1.0)

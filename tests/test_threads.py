@@ -61,7 +61,7 @@ def _train_all(x, w, b, rm, rv, layout, n):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", THREAD_CASES, ids=case_id)
-def test_bit_identical_for_every_thread_count(rng, case, dtype):
+def test_bit_identical_for_every_thread_count(rng, many_threads, case, dtype):
     layout, shape = case
     C = n_channels(shape, layout)
     x = make_x(rng, shape, dtype, layout, loc=0.3)
@@ -92,7 +92,7 @@ def test_bit_identical_for_every_thread_count(rng, case, dtype):
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_bit_identical_without_affine_and_in_place(rng, layout):
+def test_bit_identical_without_affine_and_in_place(rng, many_threads, layout):
     shape = (6, 1000, 24) if layout == "NHWC" else (6, 24, 1000)
     x = make_x(rng, shape, np.float32, layout)
     dy = make_x(rng, shape, np.float32, layout)
@@ -218,7 +218,7 @@ def test_concurrent_calls_from_python_threads(rng, layout):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", [("NCHW", (16, 6, 81, 79)), ("NHWC", (16, 81, 79, 6)),
                                   ("NHWC", (9, 37, 41, 50))], ids=case_id)
-def test_bit_identical_many_threads(rng, case, dtype):
+def test_bit_identical_many_threads(rng, many_threads, case, dtype):
     """Arrays big enough for a dozen threads: 1, 7 and 16 threads agree bit for bit."""
     layout, shape = case
     C = n_channels(shape, layout)
