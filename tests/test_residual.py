@@ -157,8 +157,14 @@ def test_bad_residual_writes_nothing(rng):
     assert (out == 7.0).all()
     assert_identical(rm, rm0)
     assert_identical(rv, rv0)
+    # a running statistic that shares memory with the residual would be read after written
+    buf = np.zeros(x.size, np.float32)
+    with pytest.raises(ValueError, match="residual"):
+        cbn.batch_norm_train(x, running_mean=buf[:3], running_var=rv, residual=buf.reshape(x.shape),
+                             out=out)
+    assert (out == 7.0).all() and (buf == 0).all()
     _, m, s = cbn.batch_norm_train(x)
-    with pytest.raises(TypeError, match="residual must be True or False"):
+    with pytest.raises(TypeError, match="residual must be a bool"):
         cbn.batch_norm_backward(x, x, m, s, residual=x, out=out)
     assert (out == 7.0).all()
 
