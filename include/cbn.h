@@ -87,10 +87,10 @@
  *
  * Errors. Kernels return CBN_OK (0) or a negative code and write nothing when they fail: every
  * argument is checked, and scratch allocated, before the first output is written.
- * In-place use is allowed where documented (y == x, dx == dy: the very same pointer); other
- * overlaps between arrays (partial overlap, an output aliasing a per-channel array, the running
- * statistics aliasing x or each other) are not, and are not detected: the results are then
- * undefined. (The Python package checks every overlap before calling.)
+ * In-place use is allowed where documented (y == x, y == residual, dx == dy: the very same
+ * pointer); other overlaps between arrays (partial overlap, an output aliasing a per-channel
+ * array, the running statistics aliasing x or each other) are not, and are not detected: the
+ * results are then undefined. (The Python package checks every overlap before calling.)
  *
  * Empty sizes. C == 0: once the other arguments pass their checks, a kernel returns CBN_OK
  * without reading or writing any array (training still requires N*S >= 2). N == 0 or S == 0
@@ -205,6 +205,47 @@ int cbn_backward_f64(const double *dy, const double *x, const double *save_mean,
                      int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
 
 /*
+ * Fused residual add (the end of a ResNet block): y = act(bn(x) + residual) in the same pass
+ * that normalizes, residual read once. Same arguments and results as cbn_train_forward_*, plus
+ *   IN  residual          N*C*S values in `layout`, or NULL (none: cbn_train_forward_*);
+ *                         y == residual (in place) is allowed
+ * The sum is rounded in the element type: y equals act(y_bn + residual) evaluated in that type,
+ * y_bn being what cbn_train_forward_* writes.
+ */
+int cbn_train_forward_residual_f32(const float *x, const float *residual, float *y, int64_t N,
+                                   int64_t C, int64_t S, cbn_layout layout, const float *weight,
+                                   const float *bias, float *running_mean, float *running_var,
+                                   double momentum, double eps, int unbiased_running_var,
+                                   float *save_mean, float *save_invstd,
+                                   cbn_activation activation, int n_threads);
+int cbn_train_forward_residual_f64(const double *x, const double *residual, double *y,
+                                   int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                                   const double *weight, const double *bias,
+                                   double *running_mean, double *running_var, double momentum,
+                                   double eps, int unbiased_running_var, double *save_mean,
+                                   double *save_invstd, cbn_activation activation,
+                                   int n_threads);
+
+/*
+ * Backward of cbn_train_forward_residual_*: cbn_backward_* plus the residual's gradient, written
+ * in the pass that writes dx.
+ *   OUT d_residual        N*C*S values, or NULL (none: cbn_backward_*): g, the gradient that
+ *                         reaches batch norm (dy, masked by y > 0 under CBN_ACTIVATION_RELU);
+ *                         it may be dy (in place), not dx
+ * Other arguments, results and errors as for cbn_backward_*.
+ */
+int cbn_backward_residual_f32(const float *dy, const float *x, const float *save_mean,
+                              const float *save_invstd, const float *weight, const float *y,
+                              cbn_activation activation, float *dx, float *d_residual,
+                              float *dweight, float *dbias, int64_t N, int64_t C, int64_t S,
+                              cbn_layout layout, int n_threads);
+int cbn_backward_residual_f64(const double *dy, const double *x, const double *save_mean,
+                              const double *save_invstd, const double *weight, const double *y,
+                              cbn_activation activation, double *dx, double *d_residual,
+                              double *dweight, double *dbias, int64_t N, int64_t C, int64_t S,
+                              cbn_layout layout, int n_threads);
+
+/*
  * Frozen inference: y = x*scale + shift per channel, scale and shift from cbn_fold_scale_shift
  * (computed once per call, in double, then rounded to the element type; the multiply-add runs in
  * the element type, so y equals x*scale + shift evaluated in that type with those values).
@@ -225,6 +266,57 @@ int cbn_infer_f64(const double *x, double *y, int64_t N, int64_t C, int64_t S,
                   cbn_layout layout, const double *running_mean, const double *running_var,
                   const double *weight, const double *bias, double eps, cbn_activation activation,
                   int n_threads);
+
+/*
+ * Frozen inference with a fused residual add: y = act(x*scale + shift + residual), one pass.
+ * Same arguments as cbn_infer_*, plus
+ *   IN  residual          N*C*S values in `layout`, or NULL (none: cbn_infer_*); y == residual
+ *                         (in place) is allowed
+ * The sum is rounded in the element type (y equals act(y_infer + residual) in that type).
+ */
+int cbn_infer_residual_f32(const float *x, const float *residual, float *y, int64_t N, int64_t C,
+                           int64_t S, cbn_layout layout, const float *running_mean,
+                           const float *running_var, const float *weight, const float *bias,
+                           double eps, cbn_activation activation, int n_threads);
+int cbn_infer_residual_f64(const double *x, const double *residual, double *y, int64_t N,
+                           int64_t C, int64_t S, cbn_layout layout, const double *running_mean,
+                           const double *running_var, const double *weight, const double *bias,
+                           double eps, cbn_activation activation, int n_threads);
+
+/*
+ * Backward of frozen inference (fine-tuning with frozen statistics): the running statistics are
+ * constants, weight and bias still learn. With root = sqrt(running_var + eps) in double and g
+ * the gradient reaching batch norm (dy, masked by y > 0 under CBN_ACTIVATION_RELU):
+ *   dx = g * scale          scale = weight/root rounded to the element type (the scale that
+ *                           cbn_infer_* and cbn_fold_scale_shift_* use; one multiply per value)
+ *   dweight = sum(g * (x - running_mean)) / root,   dbias = sum(g)   (sums in double)
+ *   IN  dy, x             N*C*S values each in `layout` (dy non-NULL when C > 0; x NULL only
+ *                         when N*C*S == 0): the gradient with respect to y, the forward's input
+ *   IN  running_mean, running_var  C values (non-NULL when C > 0): those the forward used
+ *   IN  weight            C values or NULL (= 1); bias does not enter
+ *   IN  eps               >= 0, the forward's
+ *   IN  y, activation     as for cbn_backward_*: y is the forward output (after the ReLU)
+ *   OUT dx                same shape; dx == dy (in place) is allowed
+ *   OUT d_residual        N*C*S values or NULL: g, for a forward with a residual (as for
+ *                         cbn_backward_residual_*)
+ *   OUT dweight, dbias    C values or NULL (each)
+ *   IN  N, C, S, layout, n_threads  as for the forward; any M
+ * x and dy are read once per channel (dx = g*scale does not depend on the sums, but is written
+ * in backward's elementwise pass, after the channel's sums).
+ * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
+ * eps < 0 or NaN, a NULL required pointer); CBN_ERR_NO_MEMORY. C == 0: nothing is read or
+ * written. M == 0: dweight and dbias are set to 0.
+ */
+int cbn_infer_backward_f32(const float *dy, const float *x, const float *running_mean,
+                           const float *running_var, const float *weight, double eps,
+                           const float *y, cbn_activation activation, float *dx,
+                           float *d_residual, float *dweight, float *dbias, int64_t N, int64_t C,
+                           int64_t S, cbn_layout layout, int n_threads);
+int cbn_infer_backward_f64(const double *dy, const double *x, const double *running_mean,
+                           const double *running_var, const double *weight, double eps,
+                           const double *y, cbn_activation activation, double *dx,
+                           double *d_residual, double *dweight, double *dbias, int64_t N,
+                           int64_t C, int64_t S, cbn_layout layout, int n_threads);
 
 /*
  * Fold running statistics and affine parameters into one multiply-add, in double:

@@ -15,18 +15,19 @@ import cbn
 from cbn import split
 
 PUBLIC = {f.__name__: f for f in (
-    cbn.batch_norm_train, cbn.batch_norm_backward, cbn.batch_norm_infer, cbn.fold_scale_shift,
+    cbn.batch_norm_train, cbn.batch_norm_backward, cbn.batch_norm_infer,
+    cbn.batch_norm_infer_backward, cbn.fold_scale_shift,
     cbn.fold_linear, cbn.fold_conv, split.batch_stats, split.combine_stats,
     split.batch_norm_normalize, split.batch_norm_backward_reduce, split.batch_norm_backward_dx)}
 
 # Buffers each function writes in place (besides the ones it allocates and returns).
 WRITTEN = {"batch_norm_train": ("out", "running_mean", "running_var")}
 # Safe by construction: in place, or copied apart by cbn.
-ALLOWED = {("out", "x"), ("out", "dy"), ("out", "y")}
+ALLOWED = {("out", "x"), ("out", "dy"), ("out", "y"), ("out", "residual")}
 
 N, C, H, W = 2, 4, 3, 3
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
-LARGE = {"x", "dy", "y", "out"}                       # (N, C, H, W); the others are (C,)
+LARGE = {"x", "dy", "y", "out", "residual"}           # (N, C, H, W); the others are (C,)
 # The dtype each array argument has in the kernel call (other dtypes would be cast, i.e.
 # copied, and then could not alias anything).
 F64_ARGS = {"sum_dy", "sum_dy_xmu"}
@@ -41,9 +42,11 @@ def written(name):
 def array_args(name):
     """(argument name, shape, dtype) of every array argument of the function."""
     out = []
-    for arg in inspect.signature(PUBLIC[name]).parameters:
+    for arg, param in inspect.signature(PUBLIC[name]).parameters.items():
         if arg in ("layout", "activation", "n_threads", "eps", "momentum", "count",
                    "unbiased_running_var"):
+            continue
+        if param.default is False:                    # a flag (backward's residual=)
             continue
         dtype = F64 if arg in F64_ARGS or arg in F64_ARGS_OF.get(name, ()) else F32
         out.append((arg, (N, C, H, W) if arg in LARGE else (C,), dtype))

@@ -1,12 +1,14 @@
 """cbn: fast, exact batch normalization for NumPy on the CPU (C + OpenMP kernels).
 
-Functions: `batch_norm_train`, `batch_norm_backward`, `batch_norm_infer`, `fold_scale_shift`;
+Functions: `batch_norm_train`, `batch_norm_backward`, `batch_norm_infer`,
+`batch_norm_infer_backward` (gradients through frozen statistics), `fold_scale_shift`;
 threads: `set_num_threads`, `get_num_threads`, `openmp_enabled`; memory: `release_memory`; the
 layer: `BatchNorm` (any rank) and `BatchNorm1d`/`BatchNorm2d`/`BatchNorm3d` (PyTorch's rank
 checks). The float64 NumPy reference implementation of the same formulas is `cbn.reference`.
 """
 from ._alloc import release_memory
-from ._api import batch_norm_backward, batch_norm_infer, batch_norm_train, fold_scale_shift
+from ._api import (batch_norm_backward, batch_norm_infer, batch_norm_infer_backward,
+                   batch_norm_train, fold_scale_shift)
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
 from .folding import fold_conv, fold_linear
 from .layer import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -26,7 +28,8 @@ def get_include():
 
 
 __all__ = [
-    "batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift", "BatchNorm",
+    "batch_norm_train", "batch_norm_backward", "batch_norm_infer", "batch_norm_infer_backward",
+    "fold_scale_shift", "BatchNorm",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "fold_linear", "fold_conv",
     "set_num_threads", "get_num_threads", "openmp_enabled", "release_memory", "get_include",

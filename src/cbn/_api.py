@@ -6,10 +6,12 @@ from . import _validate as v
 from ._threads import _resolve
 
 # Argument names of the arrays each function checks for overlaps, in v.refuse_overlaps' order:
-# the buffers it writes (out first), then the per-channel arrays it reads, then x.
-_TRAIN_BUFFERS = ("out", "running_mean", "running_var", "weight", "bias", "x")
+# the buffers it writes (out first), then the per-channel arrays it reads, then x (and the
+# residual).
+_TRAIN_BUFFERS = ("out", "running_mean", "running_var", "weight", "bias", "x", "residual")
 _BACKWARD_BUFFERS = ("out", "save_mean", "save_invstd", "weight")
 _INFER_BUFFERS = ("out", "running_mean", "running_var", "weight", "bias")
+_INFER_BACKWARD_BUFFERS = ("out", "running_mean", "running_var", "weight")
 
 _LAYOUT_DOC = """layout : {"NCHW", "channels_first", "NHWC", "channels_last"}, default "NCHW"
         Where the channel axis is: axis 1 for channels-first ((N, C), (N, C, L), (N, C, H, W),
@@ -25,7 +27,7 @@ _THREADS_DOC = """n_threads : int or None, default None
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
                      momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
-                     activation=None, out=None, n_threads=None):
+                     activation=None, residual=None, out=None, n_threads=None):
     x = v.float_array(x, "x")
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
@@ -37,12 +39,16 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     eps = v.eps_value(eps)
     unbiased_running_var = v.flag(unbiased_running_var, "unbiased_running_var")
     relu = v.relu(activation)
+    residual = v.residual_input(residual, x)
     v.enough_values(x.shape, N, S)
-    y = v.output(out, x.shape, dtype, like=(x,))
+    y = v.output(out, x.shape, dtype, like=(x, residual))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
+    if residual is not None:
+        residual = v.contiguous_input(residual, y)
     if out is not None or running_mean is not None:
-        v.refuse_overlaps(_TRAIN_BUFFERS, (out, running_mean, running_var, weight, bias, x), 3, 5)
+        v.refuse_overlaps(_TRAIN_BUFFERS, (out, running_mean, running_var, weight, bias, x,
+                                           residual), 3, 5)
     save_mean = np.empty(C, dtype)
     save_invstd = np.empty(C, dtype)
     if N * S == 0:
@@ -52,7 +58,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         return y, save_mean, save_invstd
     v.check_status(_core.train_forward(
         x, y, N, C, S, cl, weight, bias, running_mean, running_var, momentum, eps,
-        unbiased_running_var, save_mean, save_invstd, relu, n_threads))
+        unbiased_running_var, save_mean, save_invstd, relu, n_threads, residual))
     return y, save_mean, save_invstd
 
 
@@ -96,10 +102,15 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
         (Keras/ONNX).
     activation : {None, "relu"}, default None
         "relu": ``y = max(y, 0)`` in the same pass (no extra array, no extra pass).
+    residual : array_like, optional
+        Added before the activation, in the same pass: ``y = relu(bn(x) + residual)`` (the end
+        of a ResNet block), or ``bn(x) + residual`` without activation. x's dtype and shape;
+        the sum is rounded in that dtype, so y equals ``np.maximum(bn(x) + residual, 0)``.
+        Its gradient comes from ``batch_norm_backward(..., residual=True)``.
     out : ndarray, optional
         Where to write y: x's dtype and shape, C-contiguous, writeable (an ndarray subclass
-        such as np.memmap is written into and returned). ``out=x`` works in place; out must
-        not share memory with weight, bias or the running statistics.
+        such as np.memmap is written into and returned). ``out=x`` (or ``out=residual``) works
+        in place; out must not share memory with weight, bias or the running statistics.
     {_THREADS_DOC}
 
     Returns
@@ -133,7 +144,7 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
 
 
 def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", y=None,
-                        activation=None, out=None, n_threads=None):
+                        activation=None, residual=False, out=None, n_threads=None):
     dy, x = v.gradient_and_input(dy, x)
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
@@ -144,19 +155,39 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     save_invstd = v.channel_param(save_invstd, "save_invstd", C, dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
     y = v.relu_output(y, activation, x)
-    dx = v.output(out, x.shape, dtype, like=(x, dy, y))
+    dx, d_residual = _gradient_outputs(out, residual, x, dy, y)
     n_threads = _resolve(n_threads)
-    x = v.contiguous_input(x, dx)
-    dy = v.contiguous_input(dy, dx)
-    if y is not None:
-        y = v.contiguous_input(y, dx)
+    x, dy, y = _backward_inputs(x, dy, y, dx)
     if out is not None:
         v.refuse_overlaps(_BACKWARD_BUFFERS, (dx, save_mean, save_invstd, weight), 1, 4)
     dweight = np.empty(C, dtype)
     dbias = np.empty(C, dtype)
     v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias,
-                                  N, C, S, cl, n_threads))
-    return dx, dweight, dbias
+                                  N, C, S, cl, n_threads, d_residual))
+    return _gradients(dx, dweight, dbias, d_residual)
+
+
+def _gradient_outputs(out, residual, x, dy, y):
+    """dx (`out` or new) and, when the forward added a residual, a new array for its gradient."""
+    residual = v.flag(residual, "residual")
+    dx = v.output(out, x.shape, x.dtype, like=(x, dy, y))
+    d_residual = v.output(None, x.shape, x.dtype, like=(x, dy, y, dx)) if residual else None
+    return dx, d_residual
+
+
+def _backward_inputs(x, dy, y, dx):
+    """x, dy and y (or None) as contiguous arrays, copied where they overlap dx without being it."""
+    x = v.contiguous_input(x, dx)
+    dy = v.contiguous_input(dy, dx)
+    if y is not None:
+        y = v.contiguous_input(y, dx)
+    return x, dy, y
+
+
+def _gradients(dx, dweight, dbias, d_residual):
+    if d_residual is None:
+        return dx, dweight, dbias
+    return dx, dweight, dbias, d_residual
 
 
 batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect to x, weight and bias.
@@ -182,6 +213,10 @@ batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect t
         With ``activation="relu"``: the output of ``batch_norm_train(..., activation="relu")``;
         dy is taken as 0 where ``y <= 0`` (the ReLU's gradient), in the same pass.
     activation : {None, "relu"}, default None
+    residual : bool, default False
+        True when the forward added a residual (``batch_norm_train(..., residual=r)``): also
+        return its gradient, ``d_residual = dy`` masked by ``y > 0`` with ``activation="relu"``
+        (the gradient that reaches batch norm), written in the pass that writes dx.
     out : ndarray, optional
         Where to write dx (x's dtype and shape, C-contiguous, writeable); ``out=dy`` works.
     {_THREADS_DOC}
@@ -192,11 +227,13 @@ batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect t
         x's dtype and shape.
     dweight, dbias : ndarray, shape (C,)
         x's dtype.
+    d_residual : ndarray
+        Only with ``residual=True``: x's dtype and shape (a new array).
     """
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                     layout="NCHW", activation=None, out=None, n_threads=None):
+                     layout="NCHW", activation=None, residual=None, out=None, n_threads=None):
     x = v.float_array(x, "x")
     cl = v.channels_last(layout)
     N, C, S = v.canonical_dims(x.shape, cl)
@@ -209,13 +246,16 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
     bias = v.channel_param(bias, "bias", C, dtype)
     eps = v.eps_value(eps)
     relu = v.relu(activation)
-    y = v.output(out, x.shape, dtype, like=(x,))
+    residual = v.residual_input(residual, x)
+    y = v.output(out, x.shape, dtype, like=(x, residual))
     n_threads = _resolve(n_threads)
     x = v.contiguous_input(x, y)
+    if residual is not None:
+        residual = v.contiguous_input(residual, y)
     if out is not None:
         v.refuse_overlaps(_INFER_BUFFERS, (y, running_mean, running_var, weight, bias), 1, 5)
     v.check_status(_core.infer(x, y, N, C, S, cl, running_mean, running_var, weight, bias, eps,
-                               relu, n_threads))
+                               relu, n_threads, residual))
     return y
 
 
@@ -235,14 +275,96 @@ batch_norm_infer.__doc__ = f"""Inference-mode (frozen) batch normalization: one 
     {_LAYOUT_DOC}
     activation : {None, "relu"}, default None
         "relu": ``y = max(y, 0)`` in the same pass.
+    residual : array_like, optional
+        Added before the activation in the same pass, ``y = relu(x * scale + shift +
+        residual)``, rounded in x's dtype (as for `batch_norm_train`).
     out : ndarray, optional
-        Where to write y (x's dtype and shape, C-contiguous, writeable); ``out=x`` works.
+        Where to write y (x's dtype and shape, C-contiguous, writeable); ``out=x`` or
+        ``out=residual`` works.
     {_THREADS_DOC}
 
     Returns
     -------
     y : ndarray
         x's dtype and shape.
+    """
+
+
+def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, eps=1e-5,
+                              layout="NCHW", y=None, activation=None, residual=False, out=None,
+                              n_threads=None):
+    dy, x = v.gradient_and_input(dy, x)
+    cl = v.channels_last(layout)
+    N, C, S = v.canonical_dims(x.shape, cl)
+    dtype = x.dtype
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm_infer_backward needs running_mean and running_var, got None")
+    running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
+    running_var = v.channel_param(running_var, "running_var", C, dtype)
+    weight = v.channel_param(weight, "weight", C, dtype)
+    eps = v.eps_value(eps)
+    y = v.relu_output(y, activation, x)
+    dx, d_residual = _gradient_outputs(out, residual, x, dy, y)
+    n_threads = _resolve(n_threads)
+    x, dy, y = _backward_inputs(x, dy, y, dx)
+    if out is not None:
+        v.refuse_overlaps(_INFER_BACKWARD_BUFFERS, (dx, running_mean, running_var, weight), 1, 4)
+    dweight = np.empty(C, dtype)
+    dbias = np.empty(C, dtype)
+    v.check_status(_core.infer_backward(dy, x, running_mean, running_var, weight, eps, y, dx,
+                                        d_residual, dweight, dbias, N, C, S, cl, n_threads))
+    return _gradients(dx, dweight, dbias, d_residual)
+
+
+batch_norm_infer_backward.__doc__ = f"""Gradients of `batch_norm_infer` (frozen statistics) with respect to x, weight and bias.
+
+    Fine-tuning with frozen batch norm: the running statistics are constants, the weight and
+    bias still learn. With ``root = sqrt(running_var + eps)`` (float64) and g = dy (masked by
+    ``y > 0`` with ``activation="relu"``)::
+
+        dx      = g * scale          scale = weight / root, the scale batch_norm_infer uses
+        dweight = sum(g * (x - running_mean)) / root
+        dbias   = sum(g)
+
+    The sums are accumulated in float64; x and dy are read once per channel.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss with respect to y; x's dtype and shape, any strides.
+    x : array_like of float32 or float64
+        The input given to `batch_norm_infer`.
+    running_mean, running_var : array_like, shape (C,)
+        The statistics given to `batch_norm_infer` (cast to x's dtype).
+    weight : array_like, shape (C,), optional
+        None means 1.
+    eps : float >= 0, default 1e-5
+    {_LAYOUT_DOC}
+    y, activation
+        As for `batch_norm_backward`: with ``activation="relu"``, y is the forward's output.
+    residual : bool, default False
+        As for `batch_norm_backward`: also return the residual's gradient.
+    out : ndarray, optional
+        Where to write dx (x's dtype and shape, C-contiguous, writeable); ``out=dy`` works.
+    {_THREADS_DOC}
+
+    Returns
+    -------
+    dx : ndarray
+    dweight, dbias : ndarray, shape (C,)
+    d_residual : ndarray
+        Only with ``residual=True``.
+
+    Examples
+    --------
+    >>> import numpy as np, cbn
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(4, 3, 5, 5)).astype(np.float32)
+    >>> mean, var = np.zeros(3, np.float32), np.full(3, 4.0, np.float32)
+    >>> w = np.ones(3, np.float32)
+    >>> dx, dw, db = cbn.batch_norm_infer_backward(np.ones_like(x), x, mean, var, w, eps=0.0)
+    >>> float(dx[0, 0, 0, 0]), float(db[0])
+    (0.5, 100.0)
     """
 
 

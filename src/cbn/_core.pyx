@@ -37,27 +37,17 @@ cdef extern from *:
     """
     #define CBN_BY_TYPE(f32, kernel, ...) \
         ((f32) ? kernel##_f32(__VA_ARGS__) : kernel##_f64(__VA_ARGS__))
-    #define cbn_train_forward_t(f32, ...) CBN_BY_TYPE(f32, cbn_train_forward, __VA_ARGS__)
-    #define cbn_backward_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward, __VA_ARGS__)
-    #define cbn_infer_t(f32, ...) CBN_BY_TYPE(f32, cbn_infer, __VA_ARGS__)
     #define cbn_fold_scale_shift_t(f32, ...) CBN_BY_TYPE(f32, cbn_fold_scale_shift, __VA_ARGS__)
     #define cbn_batch_stats_t(f32, ...) CBN_BY_TYPE(f32, cbn_batch_stats, __VA_ARGS__)
     #define cbn_normalize_t(f32, ...) CBN_BY_TYPE(f32, cbn_normalize, __VA_ARGS__)
     #define cbn_backward_reduce_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_reduce, __VA_ARGS__)
     #define cbn_backward_dx_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_dx, __VA_ARGS__)
+    #define cbn_train_forward_residual_t(f32, ...) \
+        CBN_BY_TYPE(f32, cbn_train_forward_residual, __VA_ARGS__)
+    #define cbn_backward_residual_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_residual, __VA_ARGS__)
+    #define cbn_infer_residual_t(f32, ...) CBN_BY_TYPE(f32, cbn_infer_residual, __VA_ARGS__)
+    #define cbn_infer_backward_t(f32, ...) CBN_BY_TYPE(f32, cbn_infer_backward, __VA_ARGS__)
     """
-    int cbn_train_forward_t(bint f32, void *x, void *y, int64_t N, int64_t C, int64_t S,
-                            cbn_layout layout, void *weight, void *bias, void *running_mean,
-                            void *running_var, double momentum, double eps,
-                            int unbiased_running_var, void *save_mean, void *save_invstd,
-                            cbn_activation activation, int n_threads) nogil
-    int cbn_backward_t(bint f32, void *dy, void *x, void *save_mean, void *save_invstd,
-                       void *weight, void *y, cbn_activation activation, void *dx,
-                       void *dweight, void *dbias, int64_t N, int64_t C, int64_t S,
-                       cbn_layout layout, int n_threads) nogil
-    int cbn_infer_t(bint f32, void *x, void *y, int64_t N, int64_t C, int64_t S,
-                    cbn_layout layout, void *running_mean, void *running_var, void *weight,
-                    void *bias, double eps, cbn_activation activation, int n_threads) nogil
     int cbn_fold_scale_shift_t(bint f32, int64_t C, void *running_mean, void *running_var,
                                void *weight, void *bias, double eps, void *scale,
                                void *shift) nogil
@@ -74,6 +64,24 @@ cdef extern from *:
                           void *y, cbn_activation activation, double *sum_dy,
                           double *sum_dy_xmu, double count, void *dx, int64_t N, int64_t C,
                           int64_t S, cbn_layout layout, int n_threads) nogil
+    int cbn_train_forward_residual_t(bint f32, void *x, void *residual, void *y, int64_t N,
+                                     int64_t C, int64_t S, cbn_layout layout, void *weight,
+                                     void *bias, void *running_mean, void *running_var,
+                                     double momentum, double eps, int unbiased_running_var,
+                                     void *save_mean, void *save_invstd,
+                                     cbn_activation activation, int n_threads) nogil
+    int cbn_backward_residual_t(bint f32, void *dy, void *x, void *save_mean, void *save_invstd,
+                                void *weight, void *y, cbn_activation activation, void *dx,
+                                void *d_residual, void *dweight, void *dbias, int64_t N,
+                                int64_t C, int64_t S, cbn_layout layout, int n_threads) nogil
+    int cbn_infer_residual_t(bint f32, void *x, void *residual, void *y, int64_t N, int64_t C,
+                             int64_t S, cbn_layout layout, void *running_mean,
+                             void *running_var, void *weight, void *bias, double eps,
+                             cbn_activation activation, int n_threads) nogil
+    int cbn_infer_backward_t(bint f32, void *dy, void *x, void *running_mean, void *running_var,
+                             void *weight, double eps, void *y, cbn_activation activation,
+                             void *dx, void *d_residual, void *dweight, void *dbias, int64_t N,
+                             int64_t C, int64_t S, cbn_layout layout, int n_threads) nogil
 
 
 cdef inline cbn_layout _layout(bint channels_last):
@@ -150,11 +158,14 @@ def thread_limit(int requested):
 
 def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, weight, bias,
                   running_mean, running_var, double momentum, double eps,
-                  bint unbiased_running_var, save_mean, save_invstd, bint relu, int n_threads):
+                  bint unbiased_running_var, save_mean, save_invstd, bint relu, int n_threads,
+                  residual=None):
+    """residual: added before the activation, or None."""
     cdef bint f32 = _is_f32(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
+    cdef void *pr = _ptr(residual)
     cdef void *py = _ptr(y)
     cdef void *pw = _ptr(weight)
     cdef void *pb = _ptr(bias)
@@ -164,14 +175,16 @@ def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, wei
     cdef void *psi = _ptr(save_invstd)
     cdef int rc
     with nogil:
-        rc = cbn_train_forward_t(f32, px, py, N, C, S, layout, pw, pb, prm, prv, momentum, eps,
-                                 unbiased_running_var, psm, psi, act, n_threads)
+        rc = cbn_train_forward_residual_t(f32, px, pr, py, N, C, S, layout, pw, pb, prm, prv,
+                                          momentum, eps, unbiased_running_var, psm, psi, act,
+                                          n_threads)
     return rc
 
 
 def backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias, int64_t N, int64_t C,
-             int64_t S, bint channels_last, int n_threads):
-    """y: the output of a fused ReLU (its gradient is applied), or None."""
+             int64_t S, bint channels_last, int n_threads, d_residual=None):
+    """y: the output of a fused ReLU (its gradient is applied), or None; d_residual: where to
+    write the residual's gradient, or None."""
     cdef bint f32 = _is_f32(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(y is not None)
@@ -182,21 +195,48 @@ def backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias, int64
     cdef void *psi = _ptr(save_invstd)
     cdef void *pw = _ptr(weight)
     cdef void *pdx = _ptr(dx)
+    cdef void *pdr = _ptr(d_residual)
     cdef void *pdw = _ptr(dweight)
     cdef void *pdb = _ptr(dbias)
     cdef int rc
     with nogil:
-        rc = cbn_backward_t(f32, pdy, px, psm, psi, pw, py, act, pdx, pdw, pdb, N, C, S, layout,
-                            n_threads)
+        rc = cbn_backward_residual_t(f32, pdy, px, psm, psi, pw, py, act, pdx, pdr, pdw, pdb, N,
+                                     C, S, layout, n_threads)
+    return rc
+
+
+def infer_backward(dy, x, running_mean, running_var, weight, double eps, y, dx, d_residual,
+                   dweight, dbias, int64_t N, int64_t C, int64_t S, bint channels_last,
+                   int n_threads):
+    """Backward through frozen statistics; y and d_residual as for backward."""
+    cdef bint f32 = _is_f32(x)
+    cdef cbn_layout layout = _layout(channels_last)
+    cdef cbn_activation act = _activation(y is not None)
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *prm = _ptr(running_mean)
+    cdef void *prv = _ptr(running_var)
+    cdef void *pw = _ptr(weight)
+    cdef void *py = _ptr(y)
+    cdef void *pdx = _ptr(dx)
+    cdef void *pdr = _ptr(d_residual)
+    cdef void *pdw = _ptr(dweight)
+    cdef void *pdb = _ptr(dbias)
+    cdef int rc
+    with nogil:
+        rc = cbn_infer_backward_t(f32, pdy, px, prm, prv, pw, eps, py, act, pdx, pdr, pdw, pdb,
+                                  N, C, S, layout, n_threads)
     return rc
 
 
 def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mean,
-          running_var, weight, bias, double eps, bint relu, int n_threads):
+          running_var, weight, bias, double eps, bint relu, int n_threads, residual=None):
+    """residual: added before the activation, or None."""
     cdef bint f32 = _is_f32(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
+    cdef void *pr = _ptr(residual)
     cdef void *py = _ptr(y)
     cdef void *prm = _ptr(running_mean)
     cdef void *prv = _ptr(running_var)
@@ -204,7 +244,8 @@ def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mea
     cdef void *pb = _ptr(bias)
     cdef int rc
     with nogil:
-        rc = cbn_infer_t(f32, px, py, N, C, S, layout, prm, prv, pw, pb, eps, act, n_threads)
+        rc = cbn_infer_residual_t(f32, px, pr, py, N, C, S, layout, prm, prv, pw, pb, eps, act,
+                                  n_threads)
     return rc
 
 

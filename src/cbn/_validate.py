@@ -214,6 +214,16 @@ def gradient_and_input(dy, x):
     return dy, x
 
 
+def residual_input(residual, x):
+    """The residual added to the output (None: none), checked against x: x's dtype and shape."""
+    if residual is None:
+        return None
+    residual = float_array(residual, "residual")
+    same_dtype(residual, "residual", x, "x")
+    same_shape(residual, "residual", x, "x")
+    return residual
+
+
 def relu_output(y, activation, x):
     """The forward output that a fused ReLU's gradient needs, checked against x; None without
     an activation (y is then not needed, and not read)."""

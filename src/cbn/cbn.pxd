@@ -81,6 +81,53 @@ cdef extern from "cbn.h" nogil:
                                  const double *running_var, const double *weight,
                                  const double *bias, double eps, double *scale, double *shift)
 
+    # fused residual add, and backward through frozen statistics
+    int cbn_train_forward_residual_f32(const float *x, const float *residual, float *y,
+                                       int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                                       const float *weight, const float *bias,
+                                       float *running_mean, float *running_var, double momentum,
+                                       double eps, int unbiased_running_var, float *save_mean,
+                                       float *save_invstd, cbn_activation activation,
+                                       int n_threads)
+    int cbn_train_forward_residual_f64(const double *x, const double *residual, double *y,
+                                       int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                                       const double *weight, const double *bias,
+                                       double *running_mean, double *running_var,
+                                       double momentum, double eps, int unbiased_running_var,
+                                       double *save_mean, double *save_invstd,
+                                       cbn_activation activation, int n_threads)
+    int cbn_backward_residual_f32(const float *dy, const float *x, const float *save_mean,
+                                  const float *save_invstd, const float *weight, const float *y,
+                                  cbn_activation activation, float *dx, float *d_residual,
+                                  float *dweight, float *dbias, int64_t N, int64_t C, int64_t S,
+                                  cbn_layout layout, int n_threads)
+    int cbn_backward_residual_f64(const double *dy, const double *x, const double *save_mean,
+                                  const double *save_invstd, const double *weight,
+                                  const double *y, cbn_activation activation, double *dx,
+                                  double *d_residual, double *dweight, double *dbias,
+                                  int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                                  int n_threads)
+    int cbn_infer_residual_f32(const float *x, const float *residual, float *y, int64_t N,
+                               int64_t C, int64_t S, cbn_layout layout,
+                               const float *running_mean, const float *running_var,
+                               const float *weight, const float *bias, double eps,
+                               cbn_activation activation, int n_threads)
+    int cbn_infer_residual_f64(const double *x, const double *residual, double *y, int64_t N,
+                               int64_t C, int64_t S, cbn_layout layout,
+                               const double *running_mean, const double *running_var,
+                               const double *weight, const double *bias, double eps,
+                               cbn_activation activation, int n_threads)
+    int cbn_infer_backward_f32(const float *dy, const float *x, const float *running_mean,
+                               const float *running_var, const float *weight, double eps,
+                               const float *y, cbn_activation activation, float *dx,
+                               float *d_residual, float *dweight, float *dbias, int64_t N,
+                               int64_t C, int64_t S, cbn_layout layout, int n_threads)
+    int cbn_infer_backward_f64(const double *dy, const double *x, const double *running_mean,
+                               const double *running_var, const double *weight, double eps,
+                               const double *y, cbn_activation activation, double *dx,
+                               double *d_residual, double *dweight, double *dbias, int64_t N,
+                               int64_t C, int64_t S, cbn_layout layout, int n_threads)
+
     # split kernels (data-parallel training)
     int cbn_batch_stats_f32(const float *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                             double *mean, double *m2, int n_threads)

@@ -12,6 +12,11 @@ __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
+# What backward needs from the last forward. frozen: it used the running statistics (stat0,
+# stat1 = running_mean, running_var), else the batch's (save_mean, save_invstd); y: the output
+# when a ReLU was fused, else None; residual: whether one was added.
+_Saved = namedtuple("_Saved", ["frozen", "x", "y", "stat0", "stat1", "weight", "residual"])
+
 
 class BatchNorm:
     """Stateful batch normalization layer with PyTorch's semantics (``torch.nn.BatchNorm*d``).
@@ -68,6 +73,9 @@ class BatchNorm:
     >>> y = bn(x)                                 # training: batch statistics, running update
     >>> dx = bn.backward(np.ones_like(y))         # grad_weight, grad_bias set
     >>> y_eval = bn.eval()(x)                     # frozen running statistics
+    >>> dx = bn.backward(np.ones_like(y))         # gradients through the frozen statistics
+    >>> y = bn(x, residual=x)                     # relu(bn(x) + x), one pass
+    >>> dx, d_residual = bn.backward(np.ones_like(y))
     """
 
     # BatchNorm1d/2d/3d: the input ranks PyTorch's class of the same name accepts
@@ -135,21 +143,30 @@ class BatchNorm:
     def eval(self):
         return self.train(False)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         """y = BN(x): batch statistics (and a running update) in training mode, running
         statistics in eval mode (batch statistics when track_running_stats=False).
 
-        For ``backward``, a forward that uses batch statistics keeps a reference to ``x`` (not
-        a copy: no extra memory), and to ``y`` when ``activation="relu"``, plus copies of the
-        saved mean/invstd and of ``weight``. Do not modify ``x`` (or ``y``) in place before
-        ``backward``; pass ``x.copy()`` if you must.
+        residual: an array of x's shape and dtype added before the activation in the same pass,
+        ``y = relu(BN(x) + residual)`` (the end of a ResNet block); ``backward`` then returns
+        its gradient too.
+
+        For ``backward``, a forward keeps a reference to ``x`` (not a copy: no extra memory),
+        and to ``y`` when ``activation="relu"``, plus copies of the statistics it used and of
+        ``weight``. Do not modify ``x`` (or ``y``) in place before ``backward``; pass
+        ``x.copy()`` if you must.
         """
         x = _check_input(self, x)
         if not self.training and self.track_running_stats:
-            self._saved = None
-            return _api.batch_norm_infer(x, self.running_mean, self.running_var, self.weight,
-                                         self.bias, eps=self.eps, layout=self.layout,
-                                         activation=self.activation, n_threads=self.n_threads)
+            y = _api.batch_norm_infer(x, self.running_mean, self.running_var, self.weight,
+                                      self.bias, eps=self.eps, layout=self.layout,
+                                      activation=self.activation, residual=residual,
+                                      n_threads=self.n_threads)
+            self._saved = _Saved(True, x, y if self.activation else None,
+                                 self.running_mean.copy(), self.running_var.copy(),
+                                 None if self.weight is None else self.weight.copy(),
+                                 residual is not None)
+            return y
         update = self.training and self.track_running_stats
         if update:
             momentum = (1.0 / (self.num_batches_tracked + 1) if self.momentum is None
@@ -158,29 +175,33 @@ class BatchNorm:
             x, self.weight, self.bias, running_mean=self.running_mean if update else None,
             running_var=self.running_var if update else None,
             momentum=momentum if update else 0.0, eps=self.eps, layout=self.layout,
-            activation=self.activation, n_threads=self.n_threads)
+            activation=self.activation, residual=residual, n_threads=self.n_threads)
         if update:
             self.num_batches_tracked += 1
-        self._saved = (x, y if self.activation else None, mean, invstd,
-                       None if self.weight is None else self.weight.copy())
+        self._saved = _Saved(False, x, y if self.activation else None, mean, invstd,
+                             None if self.weight is None else self.weight.copy(),
+                             residual is not None)
         return y
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def backward(self, dy):
-        """dx for the last forward that used batch statistics; sets grad_weight and grad_bias
-        (None when affine=False). RuntimeError when there is none (no forward yet, or the last
-        forward was an eval-mode one with running statistics)."""
+        """Gradients of the last forward: returns dx, or ``(dx, d_residual)`` when it was given
+        a residual; sets grad_weight and grad_bias (None when affine=False). After an eval-mode
+        forward with running statistics, the gradients go through those frozen statistics
+        (fine-tuning with frozen batch norm: `batch_norm_infer_backward`). RuntimeError when
+        there was no forward."""
         if self._saved is None:
-            raise RuntimeError("backward() needs a forward() that used batch statistics first "
-                               "(training mode)")
-        x, y, mean, invstd, weight = self._saved
-        dx, dw, db = _api.batch_norm_backward(dy, x, mean, invstd, weight, layout=self.layout,
-                                              y=y, activation=self.activation,
-                                              n_threads=self.n_threads)
+            raise RuntimeError("backward() needs a forward() first")
+        s = self._saved
+        grads = _api.batch_norm_infer_backward if s.frozen else _api.batch_norm_backward
+        kwargs = {"eps": self.eps} if s.frozen else {}
+        dx, dw, db, *d_residual = grads(dy, s.x, s.stat0, s.stat1, s.weight, layout=self.layout,
+                                        y=s.y, activation=self.activation, residual=s.residual,
+                                        n_threads=self.n_threads, **kwargs)
         self._set_grads(dw, db)
-        return dx
+        return (dx, d_residual[0]) if s.residual else dx
 
     def _set_grads(self, dweight, dbias):
         """grad_weight/grad_bias for the parameters the layer has, None for those it has not."""

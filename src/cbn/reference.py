@@ -24,14 +24,22 @@ Backward, with dy the gradient of the loss with respect to y::
     dx_i    = weight * invstd / M * (M * dy_i - dbias - xhat_i * dweight)
 
 Inference: ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``,
-``y = x * scale + shift``.
+``y = x * scale + shift``. Its backward (frozen statistics: they are constants)::
+
+    dbias   = sum(dy_i)
+    dweight = sum(dy_i * (x_i - running_mean)) / sqrt(running_var + eps)
+    dx_i    = dy_i * scale
+
+A residual r (the forward's ``residual=``) is added to y before the activation, so its gradient
+is the gradient reaching batch norm (dy, masked by y > 0 after a ReLU).
 
 Layouts: "NCHW" / "channels_first" puts the channel on axis 1, "NHWC" / "channels_last" on the
 last axis; any ndim >= 2.
 """
 import numpy as np
 
-__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_infer", "fold_scale_shift"]
+__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_infer",
+           "batch_norm_infer_backward", "fold_scale_shift"]
 
 _CHANNEL_AXIS = {"NCHW": 1, "channels_first": 1, "NHWC": -1, "channels_last": -1}
 
@@ -57,8 +65,8 @@ def _geometry(x, layout):
 
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
                      momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
-                     dtype=np.float64):
-    """Training forward.
+                     residual=None, dtype=np.float64):
+    """Training forward (plus `residual` when given).
 
     Returns ``(y, save_mean, save_invstd, new_running_mean, new_running_var)``, all `dtype`;
     the new running statistics are None when not given (the inputs are not modified).
@@ -73,6 +81,8 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
         y = y * _as(weight, dtype).reshape(b)
     if bias is not None:
         y = y + _as(bias, dtype).reshape(b)
+    if residual is not None:
+        y = y + _as(residual, dtype)
     new_rm = new_rv = None
     if running_mean is not None:
         new_rm = (1.0 - momentum) * _as(running_mean, dtype) + momentum * mean
@@ -112,9 +122,26 @@ def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5
 
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                     layout="NCHW", dtype=np.float64):
-    """Inference (frozen statistics): ``y = x * scale + shift`` in `dtype`."""
+                     layout="NCHW", residual=None, dtype=np.float64):
+    """Inference (frozen statistics): ``y = x * scale + shift`` (+ residual) in `dtype`."""
     x = _as(x, dtype)
     axes, b, C, M = _geometry(x, layout)
     scale, shift = fold_scale_shift(running_mean, running_var, weight, bias, eps, dtype=dtype)
-    return x * scale.reshape(b) + shift.reshape(b)
+    y = x * scale.reshape(b) + shift.reshape(b)
+    if residual is not None:
+        y = y + _as(residual, dtype)
+    return y
+
+
+def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, eps=1e-5,
+                              layout="NCHW", dtype=np.float64):
+    """Gradients of inference (the statistics are constants): ``(dx, dweight, dbias)``."""
+    dy = _as(dy, dtype)
+    x = _as(x, dtype)
+    axes, b, C, M = _geometry(x, layout)
+    root = np.sqrt(_as(running_var, dtype) + eps)
+    w = np.ones(C, dtype) if weight is None else _as(weight, dtype)
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * (x - _as(running_mean, dtype).reshape(b))).sum(axis=axes) / root
+    dx = dy * (w / root).reshape(b)
+    return dx, dweight, dbias

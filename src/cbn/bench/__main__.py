@@ -14,8 +14,8 @@ import numpy as np
 import cbn
 from . import optional_peers, report
 from .arrays import make_inputs, settle_allocator
-from .cases import (COPY_TARGETS, DEFAULT_SHAPES, DRAM_SHAPE, LAYOUTS, OPS, SWEEP_SHAPES,
-                    layout_shape, parse_shapes)
+from .cases import (COPY_TARGETS, DEFAULT_SHAPES, DRAM_SHAPE, DY_OPS, LAYOUTS, OPS,
+                    SWEEP_SHAPES, layout_shape, parse_shapes)
 from .measure import measure_bandwidth, measure_contention, measure_overhead, run_case
 from .monitor import BusyProcess, CpuMonitor, idle_check
 from .plot import matplotlib_available, plot
@@ -213,7 +213,7 @@ def _main_report(args, shapes, layouts, ops, dtype, threads, impls, workers, rou
     for shape in shapes:
         for layout in layouts:
             ashape = layout_shape(shape, layout)
-            inputs = make_inputs(ashape, layout, dtype, need_dy="backward" in ops)
+            inputs = make_inputs(ashape, layout, dtype, need_dy=any(op in DY_OPS for op in ops))
             for op in ops:
                 i += 1
                 progress.show(f"[{i}/{total}] {op} {layout} ({','.join(map(str, ashape))}) ...")

@@ -58,4 +58,27 @@ def infer_call(inputs, out, n_threads):
         inputs["bias"], EPS, False, n_threads))
 
 
-KERNEL_CALLS = {"train": train_call, "backward": backward_call, "infer": infer_call}
+def train_residual_call(inputs, out, n_threads):
+    """cbn_train_forward_residual: y = relu(bn(x) + dy) into `out` (dy as the residual)."""
+    x, layout = inputs["x"], inputs["layout"]
+    N, C, S, last = _dims(x, layout)
+    w, b = inputs["weight"], inputs["bias"]
+    rm, rv = inputs["running_mean"].copy(), inputs["running_var"].copy()
+    save_mean, save_invstd = np.empty(C, x.dtype), np.empty(C, x.dtype)
+    return _checked(lambda: _core.train_forward(
+        x, out, N, C, S, last, w, b, rm, rv, MOMENTUM, EPS, True, save_mean, save_invstd, True,
+        n_threads, inputs["dy"]))
+
+
+def infer_backward_call(inputs, out, n_threads):
+    """cbn_infer_backward: dx into `out`, dweight and dbias, through the frozen statistics."""
+    x, dy, layout = inputs["x"], inputs["dy"], inputs["layout"]
+    N, C, S, last = _dims(x, layout)
+    dweight, dbias = np.empty(C, x.dtype), np.empty(C, x.dtype)
+    return _checked(lambda: _core.infer_backward(
+        dy, x, inputs["running_mean"], inputs["running_var"], inputs["weight"], EPS, None, out,
+        None, dweight, dbias, N, C, S, last, n_threads))
+
+
+KERNEL_CALLS = {"train": train_call, "backward": backward_call, "infer": infer_call,
+                "train_residual": train_residual_call, "infer_backward": infer_backward_call}

@@ -19,7 +19,7 @@ import numpy as np
 import cbn
 from .. import reference
 from . import _copy
-from .cases import EPS, MOMENTUM, OPS, is_channels_last
+from .cases import DY_OPS, EPS, MOMENTUM, OPS, is_channels_last
 
 IMPLS = ("cbn", "cbn_alloc", "numpy", "torch", "jax", "ort", "copy")
 LABELS = {"cbn": "cbn", "cbn_alloc": "alloc", "numpy": "numpy", "torch": "torch", "jax": "jax",
@@ -84,11 +84,17 @@ def max_rel_error(actual, expected, max_elems=1 << 20):
 def cbn_call(op, inputs, n_threads, out):
     """cbn's public function for `op`, writing into `out` (None: cbn allocates it)."""
     x, w, b, layout = inputs["x"], inputs["weight"], inputs["bias"], inputs["layout"]
-    if op == "train":
+    if op in ("train", "train_residual"):
         rm, rv = inputs["running_mean"].copy(), inputs["running_var"].copy()
+        extra = ({"residual": inputs["dy"], "activation": "relu"} if op == "train_residual"
+                 else {})
         return lambda: cbn.batch_norm_train(
             x, w, b, running_mean=rm, running_var=rv, momentum=MOMENTUM, eps=EPS, layout=layout,
-            out=out, n_threads=n_threads)[0]
+            out=out, n_threads=n_threads, **extra)[0]
+    if op == "infer_backward":
+        dy, rm, rv = inputs["dy"], inputs["running_mean"], inputs["running_var"]
+        return lambda: cbn.batch_norm_infer_backward(dy, x, rm, rv, w, eps=EPS, layout=layout,
+                                                     out=out, n_threads=n_threads)[0]
     if op == "backward":
         dy, sm, si = inputs["dy"], inputs["save_mean"], inputs["save_invstd"]
         return lambda: cbn.batch_norm_backward(dy, x, sm, si, w, layout=layout, out=out,
@@ -110,6 +116,19 @@ def _numpy(op, inputs):
         dy, sm, si = inputs["dy"], inputs["save_mean"], inputs["save_invstd"]
         return lambda: reference.batch_norm_backward(dy, x, sm, si, w, layout=layout, dtype=dt)[0]
     rm, rv = inputs["running_mean"], inputs["running_var"]
+    if op == "train_residual":   # batch norm, then np.add and np.maximum (in place)
+        dy = inputs["dy"]
+
+        def unfused():
+            y = reference.batch_norm_train(x, w, b, running_mean=rm, running_var=rv,
+                                           momentum=MOMENTUM, eps=EPS, layout=layout, dtype=dt)[0]
+            np.add(y, dy, out=y)
+            return np.maximum(y, 0, out=y)
+        return unfused
+    if op == "infer_backward":
+        dy = inputs["dy"]
+        return lambda: reference.batch_norm_infer_backward(dy, x, rm, rv, w, eps=EPS,
+                                                           layout=layout, dtype=dt)[0]
     return lambda: reference.batch_norm_infer(x, rm, rv, w, b, eps=EPS, layout=layout, dtype=dt)
 
 
@@ -131,7 +150,26 @@ def _torch(op, inputs, torch):
         mask = [True, True, True]
         return lambda: aten.native_batch_norm_backward(tdy, tx, tw, trm, trv, tsm, tsi, True,
                                                        EPS, mask)[0]
+    if op == "train_residual":   # PyTorch's separate ops: batch norm, add, relu
+        trm = torch.from_numpy(inputs["running_mean"].copy())
+        trv = torch.from_numpy(inputs["running_var"].copy())
+        tr = _torch_view(torch, inputs["dy"], layout)
+        return lambda: torch.relu_(
+            aten.native_batch_norm(tx, tw, tb, trm, trv, True, MOMENTUM, EPS)[0].add_(tr))
     trm, trv = torch.from_numpy(inputs["running_mean"]), torch.from_numpy(inputs["running_var"])
+    if op == "infer_backward":   # no PyTorch kernel: the formulas in its ops
+        tdy = _torch_view(torch, inputs["dy"], layout)
+        bshape = [1] * tx.dim()
+        bshape[1] = -1
+        dims = [d for d in range(tx.dim()) if d != 1]
+
+        def frozen_backward():
+            inv = torch.rsqrt(trv + EPS)
+            dx = tdy * (tw * inv).reshape(bshape)
+            dweight = (tdy * (tx - trm.reshape(bshape))).sum(dims) * inv
+            dbias = tdy.sum(dims)
+            return dx, dweight, dbias
+        return lambda: frozen_backward()[0]
     return lambda: aten.native_batch_norm(tx, tw, tb, trm, trv, False, MOMENTUM, EPS)[0]
 
 
@@ -154,8 +192,8 @@ def make_candidates(op, inputs, n_threads, impls=IMPLS):
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
-    if op == "backward" and inputs.get("dy") is None:
-        raise ValueError("backward needs inputs made with need_dy=True")
+    if op in DY_OPS and inputs.get("dy") is None:
+        raise ValueError(f"{op} needs inputs made with need_dy=True")
     fns = {}
     for impl in impls:
         if impl == "cbn":

@@ -11,7 +11,7 @@ placements of one row are timed interleaved; a row reports the best and worst ti
 import numpy as np
 
 from .arrays import PlacedBuffer, make_inputs
-from .cases import ALIGN_TARGET, OPS, layout_shape
+from .cases import ALIGN_TARGET, DY_OPS, OPS, layout_shape
 from .peers import cbn_call
 from .timing import time_interleaved
 
@@ -23,7 +23,7 @@ DY_BASE, OUT_BASE = 1024, 2048
 
 def placements(op):
     """Page offsets (x, dy, out) to time for `op`; dy is None when the op does not read dy."""
-    uses_dy = op == "backward"
+    uses_dy = op in DY_OPS
     dys = [DY_BASE + d for d in LINE_OFFSETS] if uses_dy else [None]
     grid = [(x, dy, OUT_BASE + o) for x in LINE_OFFSETS for dy in dys for o in LINE_OFFSETS]
     page = []
@@ -52,7 +52,7 @@ def sweep_row(op, shape, layout, dtype, n_threads, rounds, stat="median"):
     rng = np.random.default_rng(3)
     base = make_inputs(shape, layout, dtype, need_dy=False)
     xs = PlacedBuffer(shape, dtype, rng)
-    dys = PlacedBuffer(shape, dtype, rng) if op == "backward" else None
+    dys = PlacedBuffer(shape, dtype, rng) if op in DY_OPS else None
     outs = PlacedBuffer(shape, dtype)
     cands = {}
     for p in placements(op):

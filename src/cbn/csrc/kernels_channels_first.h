@@ -116,20 +116,24 @@ static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, in
 }
 
 /* Elementwise pass over values [off, off+len) of one channel; with jb->stream, each block is
- * computed in L1 and then streamed out. */
+ * computed in L1 and then streamed out (the residual's gradient too). */
 static void FN(cf_apply_piece)(const FN(job) *jb, int64_t off, int64_t len, const T *coefs)
 {
     const T *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
+    const T *res = jb->residual ? jb->residual + off : NULL;
+    T *dres = jb->d_residual ? jb->d_residual + off : NULL;
+    const FN(op) op = FN(apply_op)(jb);
     if (!jb->stream) {
-        FN(run_apply)(jb->op, jb->relu, jb->x + off, dy, y, jb->out + off, len, coefs);
+        FN(run_apply)(op, jb->relu, jb->x + off, dy, y, res, jb->out + off, dres, len, coefs);
         return;
     }
-    T buf[CBN_STREAM_BLOCK];
+    T buf[CBN_STREAM_BLOCK], dbuf[CBN_STREAM_BLOCK];
     for (int64_t i = 0, n; i < len; i += n) {
         n = cbn_stream_block_len(jb->out + off + i, len - i, CBN_STREAM_BLOCK, sizeof(T));
-        FN(run_apply)(jb->op, jb->relu, jb->x + off + i, dy ? dy + i : NULL, y ? y + i : NULL,
-                      buf, n, coefs);
+        FN(run_apply)(op, jb->relu, jb->x + off + i, dy ? dy + i : NULL, y ? y + i : NULL,
+                      res ? res + i : NULL, buf, dres ? dbuf : NULL, n, coefs);
         cbn_stream_bytes(jb->out + off + i, buf, sizeof(T) * (size_t)n);
+        if (dres) cbn_stream_bytes(dres + i, dbuf, sizeof(T) * (size_t)n);
     }
 }
 
@@ -145,8 +149,8 @@ static void FN(cf_apply_chunk)(const FN(job) *jb, int64_t c, int64_t k, const T 
     for (int64_t r = r0; r < r1; r++) {                                                         \
         const T coefs[N_COEF] = {center[c], scale[c], shift[c], xmu[c]};                        \
         const int64_t o = r * S;                                                                \
-        FN(run_apply)(OP, relu, x + o, dy ? dy + o : NULL, y ? y + o : NULL, out + o, S,       \
-                      coefs);                                                                   \
+        FN(run_apply)(OP, relu, x + o, dy ? dy + o : NULL, y ? y + o : NULL,                   \
+                      res ? res + o : NULL, out + o, dres ? dres + o : NULL, S, coefs);         \
         if (++c == C) c = 0;                                                                    \
     }
 
@@ -165,13 +169,14 @@ static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
     }
     const T *center = jb->coef[K_CENTER], *scale = jb->coef[K_SCALE], *shift = jb->coef[K_SHIFT],
             *xmu = jb->coef[K_XMU];
-    const T *x = jb->x, *dy = jb->dy, *y = jb->y;
-    T *out = jb->out;
+    const T *x = jb->x, *dy = jb->dy, *y = jb->y, *res = jb->residual;
+    T *out = jb->out, *dres = jb->d_residual;
     const int relu = jb->relu;
-    switch (jb->op) {
+    switch (FN(apply_op)(jb)) {
     case OP_INFER: CF_APPLY_RUNS(OP_INFER) break;
     case OP_TRAIN: CF_APPLY_RUNS(OP_TRAIN) break;
     case OP_BACKWARD: CF_APPLY_RUNS(OP_BACKWARD) break;
+    case OP_FROZEN_DX: CF_APPLY_RUNS(OP_FROZEN_DX) break;
     }
 }
 #undef CF_APPLY_RUNS
@@ -182,7 +187,9 @@ static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
  * channels-last loops: column sums over n, then each channel adds its S columns in order. A
  * channel is never split between threads in this mode, so this is its only summation order. */
 
-enum { COLUMN_DOUBLES = 3, COLUMN_TS = N_COEF + 1 };   /* per column of the scratch */
+/* per column of the scratch: doubles (sums, pivot); Ts (coefficients, then row buffers for
+ * streaming the output and the residual's gradient) */
+enum { COLUMN_DOUBLES = 3, COLUMN_TS = N_COEF + 2 };
 
 static size_t FN(column_scratch_bytes)(void)
 {
@@ -201,8 +208,8 @@ static void FN(sum_column_sums)(const double *s, const double *q, int64_t S, int
 }
 
 /* The elementwise pass over channels [g0, g1) as columns: each channel's coefficients
- * (jb->coef) spread over its S columns, then row after row. tscratch: (N_COEF + 1) *
- * CBN_COLUMN_WIDTH values (the column coefficients and a row buffer for streaming). */
+ * (jb->coef) spread over its S columns, then row after row. tscratch: COLUMN_TS *
+ * CBN_COLUMN_WIDTH values (the column coefficients and two row buffers for streaming). */
 static void FN(cf_column_apply)(const FN(job) *jb, int64_t g0, int64_t g1, T *tscratch)
 {
     const cbn_plan *p = &jb->plan;
@@ -215,7 +222,8 @@ static void FN(cf_column_apply)(const FN(job) *jb, int64_t g0, int64_t g1, T *ts
             for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) col[j] = value;
         }
     }
-    FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S, tscratch + N_COEF * W, W);
+    FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S, tscratch + N_COEF * W,
+                   tscratch + (N_COEF + 1) * W, W);
 }
 
 static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char *scratch)
@@ -266,7 +274,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
 /* Channels per group: the group's input and output bytes fit the per-core cache budget. */
 static int64_t FN(cf_group_channels)(const FN(job) *jb)
 {
-    const int64_t arrays = jb->op == OP_BACKWARD ? 3 : 2;
+    const int64_t arrays = (jb->op == OP_BACKWARD ? 3 : 2) + (jb->residual || jb->d_residual);
     const int64_t group = CBN_GROUP_BYTES / (jb->plan.M * arrays * (int64_t)sizeof(T));
     return group < 1 ? 1 : group;
 }

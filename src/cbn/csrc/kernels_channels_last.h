@@ -179,10 +179,12 @@ static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1
 #define CL_STREAM_BUF (CBN_MAX_COL_TILE > CBN_STREAM_BLOCK ? CBN_MAX_COL_TILE : CBN_STREAM_BLOCK)
 
 /* Rows of the elementwise pass, one row per step: several rows per step would share the
- * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer. */
-static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, const T *dy,
-                              const T *y, T *o, int64_t rows, int64_t stride, int64_t w,
-                              int prefetch)
+ * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer.
+ * res, dres: the residual (forward) and its gradient (backward) as in run_apply, rows `stride`
+ * apart like the others (or NULL). */
+static inline void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, const T *x,
+                                          const T *dy, const T *y, const T *res, T *o, T *dres,
+                                          int64_t rows, int64_t stride, int64_t w, int prefetch)
 {
     const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
             *restrict shift = coef[K_SHIFT], *restrict xmu = coef[K_XMU];
@@ -198,43 +200,70 @@ static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, c
             for (size_t k = 0; k < sizeof(T) * (size_t)w; k += 64)
                 __builtin_prefetch((char *)(orow + stride) + k, 1, 3);
 #endif
+        const T *rr = res ? res + r * stride : NULL;
         if (op == OP_INFER) {
 #pragma omp simd
             for (int64_t j = 0; j < w; j++) {
-                const T v = xr[j] * scale[j] + shift[j];
+                T v = xr[j] * scale[j] + shift[j];
+                if (rr) v = v + rr[j];
                 orow[j] = v < lo ? lo : v;
             }
         } else if (op == OP_TRAIN) {
 #pragma omp simd
             for (int64_t j = 0; j < w; j++) {
-                const T v = (xr[j] - center[j]) * scale[j] + shift[j];
+                T v = (xr[j] - center[j]) * scale[j] + shift[j];
+                if (rr) v = v + rr[j];
                 orow[j] = v < lo ? lo : v;
             }
-        } else if (y) {
-            const T *g = dy + r * stride, *yr = y + r * stride;
-#pragma omp simd
-            for (int64_t j = 0; j < w; j++)
-                orow[j] = scale[j] * GRAD(g, yr, j) + xmu[j] * (xr[j] - center[j]) + shift[j];
         } else {
-            const T *g = dy + r * stride;
+            const T *g = dy + r * stride, *yr = y ? y + r * stride : NULL;
+            T *dr = dres ? dres + r * stride : NULL;
 #pragma omp simd
-            for (int64_t j = 0; j < w; j++)
-                orow[j] = scale[j] * g[j] + xmu[j] * (xr[j] - center[j]) + shift[j];
+            for (int64_t j = 0; j < w; j++) {
+                const T e = GRAD(g, yr, j);
+                orow[j] = op == OP_FROZEN_DX
+                              ? scale[j] * e
+                              : scale[j] * e + xmu[j] * (xr[j] - center[j]) + shift[j];
+                if (dr) dr[j] = e;
+            }
         }
     }
 }
 
+/* cl_apply_rows_body specialized for each combination of the optional arrays (as run_apply). */
+static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, const T *dy,
+                              const T *y, const T *res, T *o, T *dres, int64_t rows,
+                              int64_t stride, int64_t w, int prefetch)
+{
+#define CL_APPLY_ROWS(Y, RES, DRES)                                                             \
+    FN(cl_apply_rows_body)(op, relu, coef, x, dy, Y, RES, o, DRES, rows, stride, w, prefetch)
+    if (y) {
+        if (dres) CL_APPLY_ROWS(y, NULL, dres);
+        else CL_APPLY_ROWS(y, NULL, NULL);
+    } else if (dres) {
+        CL_APPLY_ROWS(NULL, NULL, dres);
+    } else if (res) {
+        CL_APPLY_ROWS(NULL, res, NULL);
+    } else {
+        CL_APPLY_ROWS(NULL, NULL, NULL);
+    }
+#undef CL_APPLY_ROWS
+}
+
 /* Rows of the elementwise pass with per-column coefficients, starting at element `off` of the
- * job's arrays; with jb->stream, rows are computed into buf (room for buf_len >= w values) and
- * streamed out: several at a time when they are contiguous (stride == w), so that the partial
- * lines at the ends of each streamed block are few. */
+ * job's arrays; with jb->stream, rows are computed into buf (and the residual's gradient into
+ * dbuf; room for buf_len >= w values each) and streamed out: several at a time when they are
+ * contiguous (stride == w), so that the partial lines at the ends of each streamed block are
+ * few. */
 static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64_t rows,
-                           int64_t stride, int64_t w, T *buf, int64_t buf_len)
+                           int64_t stride, int64_t w, T *buf, T *dbuf, int64_t buf_len)
 {
     const T *x = jb->x + off, *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
-    T *out = jb->out + off;
+    const T *res = jb->residual ? jb->residual + off : NULL;
+    T *out = jb->out + off, *dres = jb->d_residual ? jb->d_residual + off : NULL;
+    const FN(op) op = FN(apply_op)(jb);
     if (!jb->stream) {
-        FN(cl_apply_rows)(jb->op, jb->relu, coef, x, dy, y, out, rows, stride, w,
+        FN(cl_apply_rows)(op, jb->relu, coef, x, dy, y, res, out, dres, rows, stride, w,
                           jb->plan.prefetch);
         return;
     }
@@ -242,9 +271,11 @@ static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64
     for (int64_t r = 0, n; r < rows; r += n) {
         const int64_t o = r * stride;
         n = rows - r < per_block ? rows - r : per_block;
-        FN(cl_apply_rows)(jb->op, jb->relu, coef, x + o, dy ? dy + o : NULL, y ? y + o : NULL,
-                          buf, n, stride, w, jb->plan.prefetch);
+        FN(cl_apply_rows)(op, jb->relu, coef, x + o, dy ? dy + o : NULL, y ? y + o : NULL,
+                          res ? res + o : NULL, buf, dres ? dbuf : NULL, n, stride, w,
+                          jb->plan.prefetch);
         cbn_stream_bytes(out + o, buf, sizeof(T) * (size_t)(n * w));
+        if (dres) cbn_stream_bytes(dres + o, dbuf, sizeof(T) * (size_t)(n * w));
     }
 }
 
@@ -254,8 +285,9 @@ static void FN(cl_apply_unit)(const FN(job) *jb, int64_t u)
     const FN(tile) t = FN(unit_tile)(p, u);
     T *coef[N_COEF];
     for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + t.c0;
-    T buf[CL_STREAM_BUF];
-    FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf, CL_STREAM_BUF);
+    T buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
+    FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf, dbuf,
+                   CL_STREAM_BUF);
 }
 
 /* Elementwise pass over row block rb across all channels, row by row: consecutive rows are
@@ -266,9 +298,9 @@ static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
     const cbn_plan *p = &jb->plan;
     const int64_t C = p->C, r0 = rb * p->row_block;
     const int64_t r1 = r0 + p->row_block < p->rows ? r0 + p->row_block : p->rows;
-    T buf[CL_STREAM_BUF];
+    T buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
     if (p->n_col_tiles == 1 || !jb->stream) {      /* whole rows (buf: streaming only) */
-        FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf, CL_STREAM_BUF);
+        FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf, dbuf, CL_STREAM_BUF);
         return;
     }
     for (int64_t r = r0; r < r1; r++)
@@ -276,7 +308,8 @@ static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
             T *coef[N_COEF];
             for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + c0;
             FN(apply_rows)(jb, coef, r * C + c0, 1, C,
-                           c0 + p->col_tile < C ? p->col_tile : C - c0, buf, CL_STREAM_BUF);
+                           c0 + p->col_tile < C ? p->col_tile : C - c0, buf, dbuf,
+                           CL_STREAM_BUF);
         }
 }
 
@@ -387,6 +420,30 @@ static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t n,
     return 0;
 }
 
+/* Finalize of channels [c0, c1) in channels-last backward through frozen statistics,
+ * vectorized (same formulas as finalize_frozen). */
+static void FN(cl_finalize_frozen)(const FN(job) *jb, int64_t c0, int64_t c1)
+{
+    const int64_t C = jb->plan.C;
+    const double *restrict sum_dy = jb->sums, *restrict sum_dy_xmu = jb->sums + C;
+    const double eps = jb->backward.eps;
+    const T *restrict w = jb->weight, *restrict mean = jb->backward.mean,
+            *restrict var = jb->backward.running_var;
+    T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
+      *restrict shift = jb->coef[K_SHIFT], *restrict xmu = jb->coef[K_XMU];
+    T *dw = jb->backward.dweight, *db = jb->backward.dbias;
+#pragma omp simd
+    for (int64_t c = c0; c < c1; c++) {
+        T dweight, dbias;
+        FN(frozen_coef_values)(w ? (double)w[c] : 1.0, (double)var[c], eps, sum_dy[c],
+                               sum_dy_xmu[c], &scale[c], &dweight, &dbias);
+        center[c] = mean[c];
+        shift[c] = xmu[c] = 0;
+        if (dw) dw[c] = dweight;
+        if (db) db[c] = dbias;
+    }
+}
+
 /* Finalize of channels [c0, c1) in channels-last backward, vectorized like cl_finalize_train
  * (same formulas as finalize_backward). */
 static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
@@ -401,6 +458,10 @@ static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
             sum_dy_out[c] = sum_dy[c];
             sum_dy_xmu_out[c] = sum_dy_xmu[c];
         }
+        return;
+    }
+    if (jb->backward.frozen) {
+        FN(cl_finalize_frozen)(jb, c0, c1);
         return;
     }
     const double M = (double)jb->plan.M;

@@ -20,7 +20,9 @@
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SFX)
 
-typedef enum { OP_TRAIN, OP_BACKWARD, OP_INFER } FN(op);
+/* OP_FROZEN_DX: the elementwise pass of backward through frozen statistics (the job's op is
+ * then OP_BACKWARD, see apply_op). */
+typedef enum { OP_TRAIN, OP_BACKWARD, OP_INFER, OP_FROZEN_DX } FN(op);
 
 /* Per-channel coefficients of the elementwise pass, in the element type so that the pass runs at
  * full SIMD width:
@@ -29,7 +31,9 @@ typedef enum { OP_TRAIN, OP_BACKWARD, OP_INFER } FN(op);
  *                                                    keep their precision (x - center is exact)
  *   infer:    y  = x * scale + shift
  *   backward: dx = scale*dy + xmu*(x - center) + shift  (center = save_mean; xmu: the
- *                                                      coefficient of x - mean) */
+ *                                                      coefficient of x - mean)
+ *   frozen backward: dx = scale*dy                 (center = running_mean, for the sums;
+ *                                                    shift = xmu = 0, unused) */
 enum { K_CENTER, K_SCALE, K_SHIFT, K_XMU, N_COEF };
 
 /* Everything a kernel call reads and writes. The per-channel inputs and outputs of one op are
@@ -41,6 +45,8 @@ typedef struct {
     const T *x, *dy;
     const T *y;                   /* backward through a fused ReLU: its output, else NULL */
     T *out;                       /* y or dx */
+    const T *residual;            /* forward: added before the activation, else NULL */
+    T *d_residual;                /* backward: the residual's gradient (masked dy), else NULL */
     const T *weight, *bias;
     int relu;                     /* forward: clamp the output at 0 (fused ReLU) */
     int reduce_only, apply_only;  /* split kernels: one phase; apply_only: coef is filled in */
@@ -59,6 +65,11 @@ typedef struct {
         const T *mean, *invstd;                 /* the forward's saved statistics */
         T *dweight, *dbias;
         double *sum_dy_out, *sum_dy_xmu_out;    /* reduce_only (cbn_backward_reduce) */
+        /* through frozen statistics (cbn_infer_backward): mean is the running mean, invstd
+         * is unused, scale = weight/sqrt(running_var + eps) */
+        int frozen;
+        const T *running_var;
+        double eps;
     } backward;
     /* scratch */
     double *partials;             /* 2 per chunk (channels-first) or per row block x channel */
@@ -219,20 +230,22 @@ static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, doub
 }
 
 /* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
- * stays NaN); y: the mask of a fused ReLU in backward. */
-static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
-                                 T *out, int64_t n, const T *coefs)
+ * stays NaN); y: the mask of a fused ReLU in backward. Forward: res (or NULL) is a residual
+ * added before the clamp, y = relu(bn(x) + res); backward: dres (or NULL) receives the masked
+ * gradient g, which is also the residual's gradient. Each element's inputs are read before its
+ * outputs are written, so out may be res (forward) or dy (backward), and dres may be dy. */
+static inline void FN(run_apply_body)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
+                                      const T *res, T *out, T *dres, int64_t n, const T *coefs)
 {
     const T center = coefs[K_CENTER], scale = coefs[K_SCALE], shift = coefs[K_SHIFT],
             xmu = coefs[K_XMU];
-    if (op == OP_BACKWARD) {
-        if (y) {
+    if (op == OP_BACKWARD || op == OP_FROZEN_DX) {
 #pragma omp simd
-            for (int64_t i = 0; i < n; i++)
-                out[i] = scale * FN(relu_grad)(dy[i], y[i]) + xmu * (x[i] - center) + shift;
-        } else {
-#pragma omp simd
-            for (int64_t i = 0; i < n; i++) out[i] = scale * dy[i] + xmu * (x[i] - center) + shift;
+        for (int64_t i = 0; i < n; i++) {
+            const T g = GRAD(dy, y, i);
+            /* frozen statistics: dx does not depend on the sums (nor on x) */
+            out[i] = op == OP_FROZEN_DX ? scale * g : scale * g + xmu * (x[i] - center) + shift;
+            if (dres) dres[i] = g;
         }
         return;
     }
@@ -240,16 +253,42 @@ static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, c
     if (op == OP_INFER) {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            const T v = x[i] * scale + shift;
+            T v = x[i] * scale + shift;
+            if (res) v = v + res[i];
             out[i] = v < lo ? lo : v;
         }
     } else {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            const T v = (x[i] - center) * scale + shift;
+            T v = (x[i] - center) * scale + shift;
+            if (res) v = v + res[i];
             out[i] = v < lo ? lo : v;
         }
     }
+}
+
+/* run_apply_body specialized for each combination of the optional arrays, so that none costs
+ * a test per element when absent (the calls with constant NULLs fold it away). */
+static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
+                                 const T *res, T *out, T *dres, int64_t n, const T *coefs)
+{
+    if (y) {
+        if (dres) FN(run_apply_body)(op, relu, x, dy, y, NULL, out, dres, n, coefs);
+        else FN(run_apply_body)(op, relu, x, dy, y, NULL, out, NULL, n, coefs);
+    } else if (dres) {
+        FN(run_apply_body)(op, relu, x, dy, NULL, NULL, out, dres, n, coefs);
+    } else if (res) {
+        FN(run_apply_body)(op, relu, x, dy, NULL, res, out, NULL, n, coefs);
+    } else {
+        FN(run_apply_body)(op, relu, x, dy, NULL, NULL, out, NULL, n, coefs);
+    }
+}
+
+/* The op of the elementwise pass: backward through frozen statistics reduces as backward does
+ * but applies dx = scale*g. */
+static inline FN(op) FN(apply_op)(const FN(job) *jb)
+{
+    return jb->backward.frozen ? OP_FROZEN_DX : jb->op;
 }
 
 /* ---- finalize: a channel's summed partials -> coefficients and per-channel outputs --------- */
@@ -376,10 +415,41 @@ static int FN(finalize_train)(const FN(job) *jb, int64_t c, double pivot, double
     return 0;
 }
 
+/* Backward through frozen statistics, channel c: root = sqrt(running_var + eps) in double,
+ * scale = weight/root (inference's scale, same bits), dweight = sum(g*(x - running_mean))/root,
+ * dbias = sum(g). */
+static inline void FN(frozen_coef_values)(double w, double running_var, double eps,
+                                          double sum_dy, double sum_dy_xmu, T *scale,
+                                          T *dweight, T *dbias)
+{
+    const double root = sqrt(running_var + eps);
+    *scale = (T)(w / root);
+    *dweight = (T)(sum_dy_xmu / root);
+    *dbias = (T)sum_dy;
+}
+
+static void FN(finalize_frozen)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
+                                int write_outputs, T *coefs)
+{
+    T dweight, dbias;
+    FN(frozen_coef_values)(jb->weight ? (double)jb->weight[c] : 1.0,
+                           (double)jb->backward.running_var[c], jb->backward.eps, sum_dy,
+                           sum_dy_xmu, &coefs[K_SCALE], &dweight, &dbias);
+    coefs[K_CENTER] = jb->backward.mean[c];
+    coefs[K_SHIFT] = coefs[K_XMU] = 0;
+    if (!write_outputs) return;
+    if (jb->backward.dweight) jb->backward.dweight[c] = dweight;
+    if (jb->backward.dbias) jb->backward.dbias[c] = dbias;
+}
+
 /* Backward. sum_dy = sum(dy), sum_dy_xmu = sum(dy * (x - mean)). */
 static void FN(finalize_backward)(const FN(job) *jb, int64_t c, double sum_dy, double sum_dy_xmu,
                                   int write_outputs, T *coefs)
 {
+    if (jb->backward.frozen) {
+        FN(finalize_frozen)(jb, c, sum_dy, sum_dy_xmu, write_outputs, coefs);
+        return;
+    }
     if (jb->reduce_only) {          /* the caller combines the sums across processes */
         for (int i = 0; i < N_COEF; i++) coefs[i] = 0;
         if (write_outputs) {

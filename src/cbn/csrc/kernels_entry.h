@@ -1,4 +1,4 @@
-/* kernels_entry.h - the eight public entry points of each element type (include/cbn.h):
+/* kernels_entry.h - the twelve public entry points of each element type (include/cbn.h):
  * argument checks, the job's plan and scratch, and the dispatch to the channels-first or
  * channels-last phases.
  *
@@ -80,10 +80,11 @@ static void FN(run_job)(FN(job) *jb)
 
 /* ---- public kernels ------------------------------------------------------------------------- */
 
-int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
-                          const T *weight, const T *bias, T *running_mean, T *running_var,
-                          double momentum, double eps, int unbiased_running_var, T *save_mean,
-                          T *save_invstd, cbn_activation activation, int n_threads)
+int FN(cbn_train_forward_residual)(const T *x, const T *residual, T *y, int64_t N, int64_t C,
+                                   int64_t S, cbn_layout layout, const T *weight, const T *bias,
+                                   T *running_mean, T *running_var, double momentum, double eps,
+                                   int unbiased_running_var, T *save_mean, T *save_invstd,
+                                   cbn_activation activation, int n_threads)
 {
     int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
     if (rc) return rc;
@@ -97,6 +98,7 @@ int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn
     memset(&jb, 0, sizeof jb);
     jb.op = OP_TRAIN;
     jb.x = x;
+    jb.residual = residual;
     jb.out = y;
     jb.weight = weight;
     jb.bias = bias;
@@ -113,9 +115,21 @@ int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn
     return CBN_OK;
 }
 
-int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
-                     const T *weight, const T *y, cbn_activation activation, T *dx, T *dweight,
-                     T *dbias, int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
+int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                          const T *weight, const T *bias, T *running_mean, T *running_var,
+                          double momentum, double eps, int unbiased_running_var, T *save_mean,
+                          T *save_invstd, cbn_activation activation, int n_threads)
+{
+    return FN(cbn_train_forward_residual)(x, NULL, y, N, C, S, layout, weight, bias,
+                                          running_mean, running_var, momentum, eps,
+                                          unbiased_running_var, save_mean, save_invstd,
+                                          activation, n_threads);
+}
+
+int FN(cbn_backward_residual)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
+                              const T *weight, const T *y, cbn_activation activation, T *dx,
+                              T *d_residual, T *dweight, T *dbias, int64_t N, int64_t C,
+                              int64_t S, cbn_layout layout, int n_threads)
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
     if (rc) return rc;
@@ -142,6 +156,57 @@ int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_
     jb.backward.dweight = dweight;
     jb.backward.dbias = dbias;
     jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
+    jb.d_residual = d_residual;
+    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
+    FN(run_job)(&jb);
+    return CBN_OK;
+}
+
+int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
+                     const T *weight, const T *y, cbn_activation activation, T *dx, T *dweight,
+                     T *dbias, int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
+{
+    return FN(cbn_backward_residual)(dy, x, save_mean, save_invstd, weight, y, activation, dx,
+                                     NULL, dweight, dbias, N, C, S, layout, n_threads);
+}
+
+/* Backward through frozen statistics: the backward job with the running mean as its center,
+ * the frozen coefficients (finalize_frozen) and the elementwise pass dx = scale*g. Each channel
+ * is reduced and then applied, as for backward (channels-first groups while still in cache). */
+int FN(cbn_infer_backward)(const T *dy, const T *x, const T *running_mean, const T *running_var,
+                           const T *weight, double eps, const T *y, cbn_activation activation,
+                           T *dx, T *d_residual, T *dweight, T *dbias, int64_t N, int64_t C,
+                           int64_t S, cbn_layout layout, int n_threads)
+{
+    int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
+    if (!(eps >= 0.0)) return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!dy || !running_mean || !running_var)) return CBN_ERR_ARGUMENT;
+    if (C == 0) return CBN_OK;
+    if (N * S == 0) {        /* empty batch: the parameters get zero gradients */
+        for (int64_t c = 0; c < C; c++) {
+            if (dweight) dweight[c] = 0;
+            if (dbias) dbias[c] = 0;
+        }
+        return CBN_OK;
+    }
+
+    FN(job) jb;
+    memset(&jb, 0, sizeof jb);
+    jb.op = OP_BACKWARD;
+    jb.x = x;
+    jb.dy = dy;
+    jb.out = dx;
+    jb.d_residual = d_residual;
+    jb.weight = weight;
+    jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
+    jb.backward.frozen = 1;
+    jb.backward.mean = running_mean;
+    jb.backward.running_var = running_var;
+    jb.backward.eps = eps;
+    jb.backward.dweight = dweight;
+    jb.backward.dbias = dbias;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
     return CBN_OK;
@@ -156,9 +221,10 @@ int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_
     return CBN_OK;
 }
 
-int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
-                  const T *running_mean, const T *running_var, const T *weight, const T *bias,
-                  double eps, cbn_activation activation, int n_threads)
+int FN(cbn_infer_residual)(const T *x, const T *residual, T *y, int64_t N, int64_t C, int64_t S,
+                           cbn_layout layout, const T *running_mean, const T *running_var,
+                           const T *weight, const T *bias, double eps,
+                           cbn_activation activation, int n_threads)
 {
     int rc = FN(check_shape)(x, y, N, C, S, layout, n_threads);
     if (rc) return rc;
@@ -172,6 +238,7 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     jb.op = OP_INFER;
     jb.apply_only = 1;
     jb.x = x;
+    jb.residual = residual;
     jb.out = y;
     jb.relu = activation == CBN_ACTIVATION_RELU;
     jb.weight = weight;
@@ -188,6 +255,14 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
     }
     FN(run_job)(&jb);
     return CBN_OK;
+}
+
+int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                  const T *running_mean, const T *running_var, const T *weight, const T *bias,
+                  double eps, cbn_activation activation, int n_threads)
+{
+    return FN(cbn_infer_residual)(x, NULL, y, N, C, S, layout, running_mean, running_var, weight,
+                                  bias, eps, activation, n_threads);
 }
 
 /* ---- split kernels: the phases of training forward and backward, for data-parallel training

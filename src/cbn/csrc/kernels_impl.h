@@ -1,7 +1,7 @@
 /* kernels_impl.h - cbn's batch-norm kernels, written once for both element types.
  *
  * Included by cbn_f32.c and cbn_f64.c with T (element type), SFX (name suffix) and
- * STATS_MAX_CANCEL defined; it gives the eight entry points of include/cbn.h for that type.
+ * STATS_MAX_CANCEL defined; it gives the entry points of include/cbn.h for that type.
  * Every kernel that normalizes has the same shape:
  *   1. reduce:   each chunk of a channel (channels-first) or each row block x column tile
  *                (channels-last) gives per-channel partial sums, in double;
@@ -9,6 +9,9 @@
  *   3. apply:    one elementwise pass writes the output from the coefficients.
  * The split kernels run the reduce (cbn_batch_stats, cbn_backward_reduce) or the apply
  * (cbn_normalize, cbn_backward_dx) alone; inference is an apply with folded coefficients.
+ * Backward through frozen statistics (cbn_infer_backward) is backward's reduce around the
+ * running mean with its own coefficients and the apply dx = scale*g. A residual is added in the
+ * forward apply (y = act(bn(x) + r)); backward's apply writes its gradient beside dx.
  * Chunk bounds depend only on the shape and partials are added in a fixed order, so results are
  * bit-identical for every thread count.
  *
