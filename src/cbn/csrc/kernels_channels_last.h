@@ -496,8 +496,8 @@ static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
 /* Elementwise pass over a whole tile with the tile's own coefficients (coef[i][j]: column j). */
 static void FN(cl_apply_tile)(const FN(job) *jb, FN(tile) t, T *const *coef)
 {
-    T buf[CL_STREAM_BUF];
-    FN(apply_rows)(jb, coef, t.c0, t.r1 - t.r0, jb->plan.C, t.w, buf, CL_STREAM_BUF);
+    T buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
+    FN(apply_rows)(jb, coef, t.c0, t.r1 - t.r0, jb->plan.C, t.w, buf, dbuf, CL_STREAM_BUF);
 }
 
 /* GCC cannot see that the first t.w entries of pivot, all that is read, are set first. */
