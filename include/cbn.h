@@ -45,9 +45,11 @@
  * element type (4 bytes for float, 8 for double); no SIMD alignment is required. A pointer may
  * be NULL where each function says so (optional arrays; the N*C*S arrays when N*C*S == 0);
  * a required pointer that is NULL gives CBN_ERR_ARGUMENT. Input arrays are const and are only
- * written through an in-place output. Each call allocates its scratch (a few values per channel
- * and per chunk of work) with malloc and frees it before it returns; nothing is kept between
- * calls.
+ * written through an in-place output. A call's scratch (a few values per channel and per chunk
+ * of work) comes from malloc; the last block released is kept for the next call, so that calls
+ * with many channels do not fault fresh pages in every time (cbn_release_memory() frees it).
+ * Outputs may sit at any element offset: streaming stores are issued only for whole, aligned
+ * 64-byte lines, so no placement falls off a cliff.
  *
  * Numerics. Statistics run over the M = N*S values of each channel and are accumulated in
  * double whatever the element type; the elementwise pass runs in the element type. Outputs are
