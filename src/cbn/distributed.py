@@ -11,10 +11,11 @@ Per training step and per rank (P ranks, C channels), the communication is:
 * forward: one ``Allgather`` of this rank's ``(count, mean[C], M2[C])`` (1 + 2C float64);
   every rank combines the P parts in rank order (Chan's formula, exact for uneven parts), so
   every rank gets the same bits;
-* backward: one ``Allreduce(SUM)`` of ``sum(dy)[C], sum(dy*(x - mean))[C]`` plus one flag
-  (2C + 1 float64).
+* backward: one ``Allreduce(SUM)`` of ``sum(dy)[C], sum(dy*(x - mean))[C], sum(x - mean)[C]``
+  plus one flag (3C + 1 float64); the third sum corrects for the rounding of the saved mean, so
+  data far from zero keep their gradients' precision.
 
-That is 16*P bytes per channel gathered and 16 bytes per channel all-reduced, independent of the
+That is 16*P bytes per channel gathered and 24 bytes per channel all-reduced, independent of the
 batch and spatial sizes. ``bench/bench_distributed.py`` measures it.
 
 mpi4py and an MPI library are an optional extra: ``pip install "cbn[mpi]"`` (mpi4py and
