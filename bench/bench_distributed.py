@@ -10,7 +10,8 @@ For each shape, rank 0 prints:
 
 * the bytes each rank exchanges per step: forward, an Allgather of every rank's
   (count, mean[C], M2[C]), P*(1 + 2C) float64 received; backward, one Allreduce of
-  (sum_dy[C], sum_dy_xmu[C], flag), 2C + 1 float64; per channel that is ~16*P and ~16 bytes,
+  (sum_dy[C], sum_dy_xmu[C], sum_xmu[C], flag), 3C + 1 float64; per channel that is ~16*P
+  and ~24 bytes,
   against M*itemsize bytes of activations per channel and rank;
 * median times per step (the slowest rank's, over --rounds): the synchronized forward and
   backward of SyncBatchNorm; the same work without communication (cbn.batch_norm_train /
@@ -78,7 +79,7 @@ def bench_shape(comm, shape, layout, dtype, rounds):
     w, b = bn.weight, bn.bias
     gather_send = np.zeros(1 + 2 * C)
     gather_recv = np.empty((P, 1 + 2 * C))
-    reduce_buf = np.zeros(2 * C + 1)
+    reduce_buf = np.zeros(3 * C + 1)
     out = {k: [] for k in ("sync_fwd", "sync_bwd", "local_fwd", "local_bwd", "allgather",
                            "allreduce")}
     state = {}
@@ -101,7 +102,7 @@ def bench_shape(comm, shape, layout, dtype, rounds):
     med = {k: float(np.median(v)) for k, v in out.items()}
     itemsize = np.dtype(dtype).itemsize
     gathered = P * (1 + 2 * C) * 8
-    reduced = (2 * C + 1) * 8
+    reduced = (3 * C + 1) * 8
     sync = med["sync_fwd"] + med["sync_bwd"]
     return {
         "shape": list(shape), "layout": layout, "dtype": np.dtype(dtype).name, "ranks": P,

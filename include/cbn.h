@@ -192,7 +192,9 @@ int cbn_train_forward_f64(const double *x, double *y, int64_t N, int64_t C, int6
  *   OUT dweight, dbias    C values or NULL (each): sum(dy * xhat), sum(dy) per channel
  *   IN  N, C, S, layout, n_threads  as for the forward
  * dx = weight*invstd * (dy - dbias/M - xhat*dweight/M), xhat = (x - mean)*invstd, with dy
- * masked as above under CBN_ACTIVATION_RELU.
+ * masked as above under CBN_ACTIVATION_RELU. mean is the batch's mean, not save_mean as rounded
+ * to the element type: backward also sums x - save_mean and corrects for that rounding, so
+ * data far from zero (float32 at 1e6) keep the precision of the forward's statistics.
  * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
  * a NULL required pointer); CBN_ERR_NO_MEMORY. C == 0: nothing is read or written. M == 0:
  * dweight and dbias are set to 0 (dx is empty).
@@ -348,10 +350,14 @@ int cbn_fold_scale_shift_f64(int64_t C, const double *running_mean, const double
  *      exact for uneven batch sizes (Chan et al.'s pairwise formula).
  *   3. cbn_normalize with the global mean and invstd = 1/sqrt(M2/count + eps).
  * Backward:
- *   1. cbn_backward_reduce: per-channel sum(g) and sum(g*(x - mean)), g = dy (or dy masked by
- *      y > 0 with a fused ReLU), in double; the caller all-reduces both (a sum).
+ *   1. cbn_backward_reduce: per-channel sum(g), sum(g*(x - mean)) and sum(x - mean), g = dy
+ *      (or dy masked by y > 0 with a fused ReLU), mean = save_mean, in double; the caller
+ *      all-reduces the three (a sum).
  *   2. cbn_backward_dx with the global sums and the global count.
- * dweight = sum(g*(x - mean)) * invstd and dbias = sum(g), from the global sums.
+ * save_mean is the batch mean rounded to the element type; the third sum corrects for that
+ * rounding (the batch mean is save_mean + delta, delta = sum_xmu/count), so float32 data far
+ * from zero keep their gradients' precision:
+ *   dbias = sum_dy, dweight = (sum_dy_xmu - delta*sum_dy) * invstd, from the global sums.
  * Shapes, layouts, threads, in-place rules and error codes are those of the fused kernels above
  * (N, C, S, layout describe this process's part); the per-channel statistics exchanged between
  * the phases are always double, whatever the element type. None of these kernels has a minimum
@@ -416,18 +422,20 @@ int cbn_normalize_f64(const double *x, double *y, int64_t N, int64_t C, int64_t 
  *                         mean as the element type (save_mean)
  *   IN  y, activation     as for cbn_backward_*: with CBN_ACTIVATION_RELU, dy counts only where
  *                         the forward output y > 0; otherwise y is not read (pass NULL)
- *   OUT sum_dy, sum_dy_xmu  C doubles each (non-NULL when C > 0): sum(g) and sum(g*(x - mean))
- *                         over this part; 0 when M == 0
+ *   OUT sum_dy, sum_dy_xmu, sum_xmu  C doubles each (non-NULL when C > 0): sum(g),
+ *                         sum(g*(x - mean)) and sum(x - mean) over this part, each x - mean
+ *                         taken in double; 0 when M == 0
  * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
  * a NULL required pointer); CBN_ERR_NO_MEMORY.
  */
 int cbn_backward_reduce_f32(const float *dy, const float *x, const float *mean, const float *y,
                             cbn_activation activation, int64_t N, int64_t C, int64_t S,
-                            cbn_layout layout, double *sum_dy, double *sum_dy_xmu, int n_threads);
+                            cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
+                            double *sum_xmu, int n_threads);
 int cbn_backward_reduce_f64(const double *dy, const double *x, const double *mean,
                             const double *y, cbn_activation activation, int64_t N, int64_t C,
                             int64_t S, cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
-                            int n_threads);
+                            double *sum_xmu, int n_threads);
 
 /*
  * The dx phase of backward: dx from the global sums over `count` values per channel.
@@ -437,24 +445,29 @@ int cbn_backward_reduce_f64(const double *dy, const double *x, const double *mea
  *                         save_mean and save_invstd
  *   IN  weight            C values or NULL (= 1)
  *   IN  y, activation     as for cbn_backward_reduce_*
- *   IN  sum_dy, sum_dy_xmu  C doubles each (non-NULL when C > 0): the sums over all processes
+ *   IN  sum_dy, sum_dy_xmu, sum_xmu  C doubles each (non-NULL when C > 0): the sums of
+ *                         cbn_backward_reduce_* over all processes
  *   IN  count             > 0: values per channel over all processes (count_out of
  *                         cbn_combine_stats)
  *   OUT dx                same shape as x; dx == dy (in place) is allowed
- * dx = weight*invstd * (g - sum_dy/count - (x - mean)*invstd^2*sum_dy_xmu/count).
+ * dx = weight*invstd * (g - sum_dy/count - (x - mu)*invstd^2*sum_c/count), where
+ * mu = mean + delta is the batch mean, delta = sum_xmu/count, and
+ * sum_c = sum_dy_xmu - delta*sum_dy is sum(g*(x - mu)).
  * Returns CBN_OK; CBN_ERR_ARGUMENT (negative size, n_threads < 1, unknown layout or activation,
  * a NULL required pointer, count <= 0 or NaN); CBN_ERR_NO_MEMORY. N*C*S == 0: nothing is
  * written.
  */
 int cbn_backward_dx_f32(const float *dy, const float *x, const float *mean, const float *invstd,
                         const float *weight, const float *y, cbn_activation activation,
-                        const double *sum_dy, const double *sum_dy_xmu, double count, float *dx,
-                        int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
+                        const double *sum_dy, const double *sum_dy_xmu, const double *sum_xmu,
+                        double count, float *dx, int64_t N, int64_t C, int64_t S,
+                        cbn_layout layout, int n_threads);
 int cbn_backward_dx_f64(const double *dy, const double *x, const double *mean,
                         const double *invstd, const double *weight, const double *y,
                         cbn_activation activation, const double *sum_dy,
-                        const double *sum_dy_xmu, double count, double *dx, int64_t N, int64_t C,
-                        int64_t S, cbn_layout layout, int n_threads);
+                        const double *sum_dy_xmu, const double *sum_xmu, double count,
+                        double *dx, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                        int n_threads);
 
 #ifdef __cplusplus
 }

@@ -22,7 +22,8 @@ def slices(sizes):
 
 
 def case_data(case):
-    """The whole batches of a case: [(x, dy)] per training step, then x_eval; params (w, b)."""
+    """The whole batches of a case: [(x, dy)] per training step, then x_eval; params (w, b).
+    x lies around case["loc"] (default 0)."""
     rng = np.random.default_rng(case["seed"])
     dtype = np.dtype(case["dtype"])
     shape = (sum(case["sizes"]),) + tuple(case["sample_shape"])
@@ -33,8 +34,10 @@ def case_data(case):
     offset = rng.uniform(-3.0, 3.0, C).reshape(bshape)
     spread = rng.uniform(0.5, 2.0, C).reshape(bshape)
 
+    loc = case.get("loc", 0.0)
+
     def batch():
-        return (offset + spread * rng.standard_normal(shape)).astype(dtype)
+        return (loc + offset + spread * rng.standard_normal(shape)).astype(dtype)
 
     steps = [(batch(), rng.standard_normal(shape).astype(dtype)) for _ in range(case["steps"])]
     w = rng.uniform(0.5, 2.0, C).astype(dtype) * rng.choice([-1, 1], C).astype(dtype)

@@ -30,7 +30,7 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 LARGE = {"x", "dy", "y", "out", "residual"}           # (N, C, H, W); the others are (C,)
 # The dtype each array argument has in the kernel call (other dtypes would be cast, i.e.
 # copied, and then could not alias anything).
-F64_ARGS = {"sum_dy", "sum_dy_xmu"}
+F64_ARGS = {"sum_dy", "sum_dy_xmu", "sum_xmu"}
 F64_ARGS_OF = {"batch_norm_normalize": {"mean", "invstd"}}
 
 

@@ -93,8 +93,10 @@ def _calls(x, dy):
                                                        bias=z, out=np.empty_like(x))),
         "backward_reduce": (split.batch_norm_backward_reduce, dict(dy=dy, x=x, mean=z)),
         "backward_dx": (split.batch_norm_backward_dx, dict(
-            dy=dy, x=x, mean=z, invstd=o, sum_dy=z64, sum_dy_xmu=z64, count=float(N * H * W),
-            weight=o, out=np.empty_like(x))),
+            dy=dy, x=x, mean=z, invstd=o, sum_dy=z64, sum_dy_xmu=z64, sum_xmu=z64,
+            count=float(N * H * W), weight=o, out=np.empty_like(x))),
+        "backward_params": (split.batch_norm_backward_params, dict(
+            sum_dy=z64, sum_dy_xmu=z64, sum_xmu=z64, count=float(N * H * W), invstd=o)),
     }
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import cbn
-from conftest import assert_identical
+from conftest import assert_identical, backward_truth
 from mpi_worker import case_data, layer_kwargs, slices
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -123,6 +123,11 @@ def make_cases(P):
              sizes=[0] * P, activation="relu"),
         dict(name="all-empty-cumulative", layout="NHWC", dtype="float64", sample_shape=(4,),
              C=4, sizes=[0] * P, momentum=None, eps=0.0),
+        # far from zero: backward corrects for save_mean's rounding (test_sync_backward_exact)
+        dict(name="offset-f32", layout="NCHW", dtype="float32", sample_shape=(4, 6), C=4,
+             sizes=SIZES[P][1], loc=1e6, activation="relu"),
+        dict(name="offset-f32-nhwc", layout="NHWC", dtype="float32", sample_shape=(5, 3), C=3,
+             sizes=SIZES[P][0], loc=1e6),
     ]
     for j, case in enumerate(extra):
         cases.append(dict(dict(steps=3, lr=0.05, seed=1000 * P + 100 + j), **case))
@@ -223,6 +228,30 @@ def test_sync_matches_single_process_on_whole_batch(results, P, case):
         else:
             assert_rel(got, expected, dtype, key)
     assert set(ranks[0]) == set(ref), (sorted(ranks[0]), sorted(ref))
+
+
+OFFSET_CASES = [(P, c) for P, c in MATCH_CASES if "loc" in c]
+# (dweight rtol, dx atol relative to max|dx|) per dtype
+OFFSET_TOL = {np.dtype(np.float32): (1e-5, 1e-6), np.dtype(np.float64): (1e-9, 1e-12)}
+
+
+@needs_mpi
+@pytest.mark.parametrize("P,case", OFFSET_CASES,
+                         ids=[f"n{P}-{c['name']}" for P, c in OFFSET_CASES])
+def test_sync_backward_exact_at_offset(results, P, case):
+    """The first step's gradients match the float64 truth around the batch's exact mean, not
+    the save_mean rounded to the dtype (the sums all-reduced include sum(x - save_mean))."""
+    ranks = results[P][case["name"]]
+    steps, _, (w, _) = case_data(case)
+    x, dy = steps[0]
+    kw = layer_kwargs(case)
+    y = np.concatenate([r["y0"] for r in ranks]) if kw["activation"] else None
+    e_dx, e_dw, _ = backward_truth(dy, x, w, kw["layout"], eps=kw["eps"], y=y)
+    dw_rtol, dx_rtol = OFFSET_TOL[kw["dtype"]]
+    dw = ranks[0]["dw0"].astype(np.float64)
+    assert np.all(np.abs(dw - e_dw) <= dw_rtol * np.abs(e_dw)), np.abs(dw / e_dw - 1).max()
+    dx = np.concatenate([r["dx0"] for r in ranks]).astype(np.float64)
+    assert np.abs(dx - e_dx).max() <= dx_rtol * np.abs(e_dx).max()
 
 
 @needs_mpi

@@ -7,8 +7,8 @@ import pytest
 import cbn
 from cbn import reference as ref
 from cbn import split
-from conftest import (ALL_CASES, DTYPES, assert_close, case_id, f64, make_params,
-                      make_x, n_channels)
+from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, backward_truth, case_id,
+                      f64, make_params, make_x, n_channels)
 
 EPS = 1e-5
 
@@ -47,19 +47,19 @@ def test_split_forward_and_backward_match_reference(case, dtype, rng):
     assert_close(invstd, r_invstd, dtype=np.float64, rtol=1e-9, atol=1e-12)
     # backward from the forward's (rounded) save_mean / save_invstd, as the layer would
     save_mean, save_invstd = mean.astype(dtype), invstd.astype(dtype)
-    sums = [split.batch_norm_backward_reduce(g, p, save_mean, layout=layout)
-            for g, p in zip(parts_along_batch(dy, sizes), parts_along_batch(x, sizes))]
-    sum_dy = np.sum([s[0] for s in sums], axis=0)
-    sum_dy_xmu = np.sum([s[1] for s in sums], axis=0)
-    dx = np.concatenate([split.batch_norm_backward_dx(g, p, save_mean, save_invstd, sum_dy,
-                                                      sum_dy_xmu, count, w, layout=layout)
+    parts = [split.batch_norm_backward_reduce(g, p, save_mean, layout=layout)
+             for g, p in zip(parts_along_batch(dy, sizes), parts_along_batch(x, sizes))]
+    sums = [np.sum([s[i] for s in parts], axis=0) for i in range(3)]   # the all-reduce
+    dx = np.concatenate([split.batch_norm_backward_dx(g, p, save_mean, save_invstd, *sums,
+                                                      count, w, layout=layout)
                          for g, p in zip(parts_along_batch(dy, sizes),
                                          parts_along_batch(x, sizes))], axis=0)
-    r_dx, r_dw, r_db = ref.batch_norm_backward(f64(dy), f64(x), f64(save_mean), f64(save_invstd),
-                                               f64(w), layout=layout)
+    dw, db = split.batch_norm_backward_params(*sums, count, save_invstd)
+    assert dw.dtype == db.dtype == dtype
+    r_dx, r_dw, r_db = backward_truth(dy, x, w, layout, invstd=save_invstd)
     assert_close(dx, r_dx)
-    assert_close(sum_dy_xmu * f64(save_invstd), r_dw, dtype=dtype)
-    assert_close(sum_dy, r_db, dtype=dtype)
+    assert_close(dw, r_dw)
+    assert_close(db, r_db)
 
 
 @pytest.mark.parametrize("layout,shape", [("NCHW", (6, 5, 9, 11)), ("NHWC", (7, 4, 6, 5))])
@@ -73,13 +73,14 @@ def test_split_matches_fused_kernels_on_one_process(layout, shape, rng):
     np.testing.assert_allclose(s_mean, mean, rtol=1e-14, atol=1e-14)
     dx, dw, db = cbn.batch_norm_backward(dy, x, mean, invstd, w, layout=layout, y=y,
                                          activation="relu")
-    sum_dy, sum_dy_xmu = split.batch_norm_backward_reduce(dy, x, mean, y=y, activation="relu",
-                                                          layout=layout)
-    s_dx = split.batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, w, y=y,
+    sums = split.batch_norm_backward_reduce(dy, x, mean, y=y, activation="relu", layout=layout)
+    s_dx = split.batch_norm_backward_dx(dy, x, mean, invstd, *sums, count, w, y=y,
                                         activation="relu", layout=layout)
-    np.testing.assert_allclose(s_dx, dx, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(sum_dy_xmu * invstd, dw, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(sum_dy, db, rtol=1e-12, atol=1e-12)
+    s_dw, s_db = split.batch_norm_backward_params(*sums, count, invstd)
+    # the same reductions and formulas as the fused kernel: the same bits
+    assert_identical(s_dx, dx)
+    assert_identical(s_dw, dw)
+    assert_identical(s_db, db)
 
 
 def test_combine_stats_is_exact_for_uneven_parts(rng):
@@ -110,13 +111,19 @@ def test_split_bit_identical_across_threads(rng):
 def test_split_errors():
     x = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="count"):
-        split.batch_norm_backward_dx(x, x, np.zeros(3), np.ones(3), np.zeros(3), np.zeros(3), 0)
+        split.batch_norm_backward_dx(x, x, np.zeros(3), np.ones(3), np.zeros(3), np.zeros(3),
+                                     np.zeros(3), 0)
+    with pytest.raises(ValueError, match="sum_xmu"):
+        split.batch_norm_backward_dx(x, x, np.zeros(3), np.ones(3), np.zeros(3), np.zeros(3),
+                                     np.zeros(2), 4)
+    with pytest.raises(ValueError, match="count"):
+        split.batch_norm_backward_params(np.zeros(3), np.zeros(3), np.zeros(3), 0, np.ones(3))
     with pytest.raises(ValueError, match="shape"):
         split.combine_stats([1, 2], np.zeros((3, 3)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="mean"):
         split.batch_norm_normalize(x, np.zeros(2), np.ones(3))
     out = np.full_like(x, 5.0)
     with pytest.raises(ValueError, match="needs y"):
-        split.batch_norm_backward_dx(x, x, np.zeros(3), np.ones(3), np.zeros(3), np.zeros(3), 4,
-                                     activation="relu", out=out)
+        split.batch_norm_backward_dx(x, x, np.zeros(3), np.ones(3), np.zeros(3), np.zeros(3),
+                                     np.zeros(3), 4, activation="relu", out=out)
     assert (out == 5.0).all()

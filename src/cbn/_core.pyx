@@ -59,11 +59,12 @@ cdef extern from *:
     int cbn_backward_reduce_t(bint f32, void *dy, void *x, void *mean, void *y,
                               cbn_activation activation, int64_t N, int64_t C, int64_t S,
                               cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
-                              int n_threads) nogil
+                              double *sum_xmu, int n_threads) nogil
     int cbn_backward_dx_t(bint f32, void *dy, void *x, void *mean, void *invstd, void *weight,
                           void *y, cbn_activation activation, double *sum_dy,
-                          double *sum_dy_xmu, double count, void *dx, int64_t N, int64_t C,
-                          int64_t S, cbn_layout layout, int n_threads) nogil
+                          double *sum_dy_xmu, double *sum_xmu, double count, void *dx,
+                          int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                          int n_threads) nogil
     int cbn_train_forward_residual_t(bint f32, void *x, void *residual, void *y, int64_t N,
                                      int64_t C, int64_t S, cbn_layout layout, void *weight,
                                      void *bias, void *running_mean, void *running_var,
@@ -297,7 +298,7 @@ def normalize(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, mean, i
 
 
 def backward_reduce(dy, x, mean, y, int64_t N, int64_t C, int64_t S, bint channels_last,
-                    sum_dy, sum_dy_xmu, int n_threads):
+                    sum_dy, sum_dy_xmu, sum_xmu, int n_threads):
     cdef bint f32 = _is_f32(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(y is not None)
@@ -307,13 +308,15 @@ def backward_reduce(dy, x, mean, y, int64_t N, int64_t C, int64_t S, bint channe
     cdef void *py = _ptr(y)
     cdef double *ps = <double *>_ptr(sum_dy)
     cdef double *pq = <double *>_ptr(sum_dy_xmu)
+    cdef double *pd = <double *>_ptr(sum_xmu)
     cdef int rc
     with nogil:
-        rc = cbn_backward_reduce_t(f32, pdy, px, pm, py, act, N, C, S, layout, ps, pq, n_threads)
+        rc = cbn_backward_reduce_t(f32, pdy, px, pm, py, act, N, C, S, layout, ps, pq, pd,
+                                   n_threads)
     return rc
 
 
-def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, double count, dx,
+def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, sum_xmu, double count, dx,
                 int64_t N, int64_t C, int64_t S, bint channels_last, int n_threads):
     cdef bint f32 = _is_f32(x)
     cdef cbn_layout layout = _layout(channels_last)
@@ -326,9 +329,10 @@ def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, double count
     cdef void *py = _ptr(y)
     cdef double *ps = <double *>_ptr(sum_dy)
     cdef double *pq = <double *>_ptr(sum_dy_xmu)
+    cdef double *pd = <double *>_ptr(sum_xmu)
     cdef void *pdx = _ptr(dx)
     cdef int rc
     with nogil:
-        rc = cbn_backward_dx_t(f32, pdy, px, pm, pi, pw, py, act, ps, pq, count, pdx, N, C, S,
-                               layout, n_threads)
+        rc = cbn_backward_dx_t(f32, pdy, px, pm, pi, pw, py, act, ps, pq, pd, count, pdx, N, C,
+                               S, layout, n_threads)
     return rc

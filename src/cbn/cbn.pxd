@@ -147,18 +147,20 @@ cdef extern from "cbn.h" nogil:
     int cbn_backward_reduce_f32(const float *dy, const float *x, const float *mean,
                                 const float *y, cbn_activation activation, int64_t N,
                                 int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
-                                double *sum_dy_xmu, int n_threads)
+                                double *sum_dy_xmu, double *sum_xmu, int n_threads)
     int cbn_backward_reduce_f64(const double *dy, const double *x, const double *mean,
                                 const double *y, cbn_activation activation, int64_t N,
                                 int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
-                                double *sum_dy_xmu, int n_threads)
+                                double *sum_dy_xmu, double *sum_xmu, int n_threads)
     int cbn_backward_dx_f32(const float *dy, const float *x, const float *mean,
                             const float *invstd, const float *weight, const float *y,
                             cbn_activation activation, const double *sum_dy,
-                            const double *sum_dy_xmu, double count, float *dx, int64_t N,
-                            int64_t C, int64_t S, cbn_layout layout, int n_threads)
+                            const double *sum_dy_xmu, const double *sum_xmu, double count,
+                            float *dx, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                            int n_threads)
     int cbn_backward_dx_f64(const double *dy, const double *x, const double *mean,
                             const double *invstd, const double *weight, const double *y,
                             cbn_activation activation, const double *sum_dy,
-                            const double *sum_dy_xmu, double count, double *dx, int64_t N,
-                            int64_t C, int64_t S, cbn_layout layout, int n_threads)
+                            const double *sum_dy_xmu, const double *sum_xmu, double count,
+                            double *dx, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                            int n_threads)

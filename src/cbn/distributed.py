@@ -11,10 +11,11 @@ Per training step and per rank (P ranks, C channels), the communication is:
 * forward: one ``Allgather`` of this rank's ``(count, mean[C], M2[C])`` (1 + 2C float64);
   every rank combines the P parts in rank order (Chan's formula, exact for uneven parts), so
   every rank gets the same bits;
-* backward: one ``Allreduce(SUM)`` of ``sum(dy)[C], sum(dy*(x - mean))[C]`` plus one flag
-  (2C + 1 float64).
+* backward: one ``Allreduce(SUM)`` of ``sum(dy)[C], sum(dy*(x - mean))[C], sum(x - mean)[C]``
+  plus one flag (3C + 1 float64); the third sum corrects for the rounding of the saved mean, so
+  data far from zero keep their gradients' precision.
 
-That is 16*P bytes per channel gathered and 16 bytes per channel all-reduced, independent of the
+That is 16*P bytes per channel gathered and 24 bytes per channel all-reduced, independent of the
 batch and spatial sizes. ``bench/bench_distributed.py`` measures it.
 
 mpi4py and an MPI library are an optional extra: ``pip install "cbn[mpi]"`` (mpi4py and
@@ -191,26 +192,26 @@ class SyncBatchNorm(BatchNorm):
             return super().backward(dy)
         comm, C = self.comm, self.num_features
         saved = self._sync_saved
-        # [sum_dy[C], sum_dy_xmu[C], failed]: the flag counts ranks whose local part failed
-        sums = np.zeros(2 * C + 1, _F64)
+        # [sum_dy[C], sum_dy_xmu[C], sum_xmu[C], failed]: the flag counts ranks whose local
+        # part failed
+        sums = np.zeros(3 * C + 1, _F64)
         error = None
         try:
             dy = v.float_array(dy, "dy")
-            sum_dy, sum_dy_xmu = split.batch_norm_backward_reduce(
+            local = split.batch_norm_backward_reduce(
                 dy, saved["x"], saved["mean"], y=saved["y"], activation=self.activation,
                 layout=self.layout, n_threads=self.n_threads)
-            sums[:C] = sum_dy
-            sums[C:2 * C] = sum_dy_xmu
+            sums[:3 * C] = np.concatenate(local)
         except Exception as exc:
             error = exc
             sums[:] = 0.0
-            sums[2 * C] = 1.0
+            sums[3 * C] = 1.0
         comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
         if error is not None:
             raise error
-        if sums[2 * C] != 0:
-            _raise_if_failed(None, comm, "backward", n_failed=int(sums[2 * C]))
-        sum_dy, sum_dy_xmu = sums[:C].copy(), sums[C:2 * C].copy()
+        if sums[3 * C] != 0:
+            _raise_if_failed(None, comm, "backward", n_failed=int(sums[3 * C]))
+        sum_dy, sum_dy_xmu, sum_xmu = (sums[i * C:(i + 1) * C].copy() for i in range(3))
         dtype = saved["x"].dtype
         if saved["count"] == 0:
             # every rank's part is empty (dy was checked by the reduce): an empty dx and zero
@@ -218,11 +219,11 @@ class SyncBatchNorm(BatchNorm):
             self._set_grads(sum_dy_xmu.astype(dtype), sum_dy.astype(dtype))
             return np.empty(saved["x"].shape, dtype)
         dx = split.batch_norm_backward_dx(
-            dy, saved["x"], saved["mean"], saved["invstd"], sum_dy, sum_dy_xmu, saved["count"],
-            saved["weight"], y=saved["y"], activation=self.activation, layout=self.layout,
-            n_threads=self.n_threads)
-        self._set_grads((sum_dy_xmu * saved["invstd"].astype(_F64)).astype(dtype),
-                        sum_dy.astype(dtype))
+            dy, saved["x"], saved["mean"], saved["invstd"], sum_dy, sum_dy_xmu, sum_xmu,
+            saved["count"], saved["weight"], y=saved["y"], activation=self.activation,
+            layout=self.layout, n_threads=self.n_threads)
+        self._set_grads(*split.batch_norm_backward_params(sum_dy, sum_dy_xmu, sum_xmu,
+                                                          saved["count"], saved["invstd"]))
         return dx
 
 

@@ -9,9 +9,9 @@ phases (cbn.distributed does this over MPI). Each function here is one C kernel:
     invstd = 1 / np.sqrt(m2 / count + eps)
     y = batch_norm_normalize(x, mean, invstd, weight, bias)
     # backward
-    sum_dy, sum_dy_xmu = batch_norm_backward_reduce(dy, x, save_mean)   # all-reduce both (sum)
-    dx = batch_norm_backward_dx(dy, x, save_mean, save_invstd, sum_dy, sum_dy_xmu, count, weight)
-    dweight, dbias = sum_dy_xmu * save_invstd, sum_dy
+    sums = batch_norm_backward_reduce(dy, x, save_mean)   # all-reduce the three (sum)
+    dx = batch_norm_backward_dx(dy, x, save_mean, save_invstd, *sums, count, weight)
+    dweight, dbias = batch_norm_backward_params(*sums, count, save_invstd)
 
 On one process these give the results of `batch_norm_train` / `batch_norm_backward`
 (to rounding: the single-process kernels fuse the phases and sum in another order).
@@ -25,7 +25,7 @@ from ._threads import _resolve
 _F64 = np.dtype(np.float64)
 # Argument names for v.refuse_overlaps: the output, then the per-channel arrays read.
 _NORMALIZE_BUFFERS = ("out", "mean", "invstd", "weight", "bias")
-_DX_BUFFERS = ("out", "mean", "invstd", "weight", "sum_dy", "sum_dy_xmu")
+_DX_BUFFERS = ("out", "mean", "invstd", "weight", "sum_dy", "sum_dy_xmu", "sum_xmu")
 
 
 def _stats_array(a, name, C):
@@ -118,10 +118,17 @@ def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCH
 
 def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="NCHW",
                                n_threads=None):
-    """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` in float64 (dy masked by ``y > 0``
-    with ``activation="relu"``): the sums to all-reduce in a data-parallel backward.
+    """Per-channel ``sum(dy)``, ``sum(dy * (x - mean))`` and ``sum(x - mean)`` in float64 (dy
+    masked by ``y > 0`` with ``activation="relu"``): the sums to all-reduce in a data-parallel
+    backward.
 
-    mean is the forward's save_mean (cast to x's dtype).
+    mean is the forward's save_mean (cast to x's dtype). It is the batch mean rounded to x's
+    dtype; the third sum lets `batch_norm_backward_dx` and `batch_norm_backward_params` correct
+    for that rounding, so data far from zero keep their gradients' precision.
+
+    Returns
+    -------
+    sum_dy, sum_dy_xmu, sum_xmu : ndarray of float64, shape (C,)
     """
     dy, x = v.gradient_and_input(dy, x)
     cl = v.channels_last(layout)
@@ -136,18 +143,29 @@ def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="
         y = v.contiguous_input(y)
     sum_dy = np.empty(C, _F64)
     sum_dy_xmu = np.empty(C, _F64)
+    sum_xmu = np.empty(C, _F64)
     v.check_status(_core.backward_reduce(dy, x, mean, y, N, C, S, cl, sum_dy, sum_dy_xmu,
-                                         n_threads))
-    return sum_dy, sum_dy_xmu
+                                         sum_xmu, n_threads))
+    return sum_dy, sum_dy_xmu, sum_xmu
 
 
-def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weight=None, *,
-                           y=None, activation=None, layout="NCHW", out=None, n_threads=None):
-    """dx of batch norm from the global sums over `count` values per channel.
+def _count_value(count):
+    count = v.real_number(count, "count")
+    if not count > 0:
+        raise ValueError(f"count must be > 0 (values per channel over all processes), got {count}")
+    return count
 
-    ``dx = weight*invstd * (g - sum_dy/count - (x - mean)*invstd**2 * sum_dy_xmu/count)`` with
-    g = dy (masked by ``y > 0`` with ``activation="relu"``). mean and invstd are the forward's
-    save_mean and save_invstd (cast to x's dtype); ``out=dy`` works in place.
+
+def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, sum_xmu, count,
+                           weight=None, *, y=None, activation=None, layout="NCHW", out=None,
+                           n_threads=None):
+    """dx of batch norm from the global sums (of `batch_norm_backward_reduce`) over `count`
+    values per channel.
+
+    ``dx = weight*invstd * (g - sum_dy/count - (x - mu)*invstd**2 * sum_c/count)`` with
+    g = dy (masked by ``y > 0`` with ``activation="relu"``), ``mu = mean + sum_xmu/count`` the
+    batch mean and ``sum_c = sum(g * (x - mu))``. mean and invstd are the forward's save_mean
+    and save_invstd (cast to x's dtype); ``out=dy`` works in place.
     """
     dy, x = v.gradient_and_input(dy, x)
     cl = v.channels_last(layout)
@@ -159,9 +177,8 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weigh
     weight = v.channel_param(weight, "weight", C, x.dtype)
     sum_dy = _stats_array(sum_dy, "sum_dy", C)
     sum_dy_xmu = _stats_array(sum_dy_xmu, "sum_dy_xmu", C)
-    count = v.real_number(count, "count")
-    if not count > 0:
-        raise ValueError(f"count must be > 0 (values per channel over all processes), got {count}")
+    sum_xmu = _stats_array(sum_xmu, "sum_xmu", C)
+    count = _count_value(count)
     y = v.relu_output(y, activation, x)
     dx = v.output(out, x.shape, x.dtype, like=(x, dy, y))
     n_threads = _resolve(n_threads)
@@ -169,7 +186,28 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, count, weigh
     if y is not None:
         y = v.contiguous_input(y, dx)
     if out is not None:
-        v.refuse_overlaps(_DX_BUFFERS, (dx, mean, invstd, weight, sum_dy, sum_dy_xmu), 1, 6)
-    v.check_status(_core.backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, count,
-                                     dx, N, C, S, cl, n_threads))
+        v.refuse_overlaps(_DX_BUFFERS, (dx, mean, invstd, weight, sum_dy, sum_dy_xmu, sum_xmu),
+                          1, 7)
+    v.check_status(_core.backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu,
+                                     sum_xmu, count, dx, N, C, S, cl, n_threads))
     return dx
+
+
+def batch_norm_backward_params(sum_dy, sum_dy_xmu, sum_xmu, count, invstd):
+    """``(dweight, dbias)`` from the global sums (of `batch_norm_backward_reduce`) over `count`
+    values per channel, in invstd's dtype (invstd: the forward's save_invstd).
+
+    ``dbias = sum_dy`` and ``dweight = (sum_dy_xmu - sum_xmu/count * sum_dy) * invstd``: the sum
+    around the batch mean, computed in float64 as `batch_norm_backward` computes it (the same
+    sums give the same bits).
+    """
+    invstd = v.float_array(invstd, "invstd")
+    if invstd.ndim != 1:
+        raise ValueError(f"invstd must be 1-D (C,), got shape {invstd.shape}")
+    C = invstd.shape[0]
+    sum_dy = _stats_array(sum_dy, "sum_dy", C)
+    sum_dy_xmu = _stats_array(sum_dy_xmu, "sum_dy_xmu", C)
+    sum_xmu = _stats_array(sum_xmu, "sum_xmu", C)
+    delta = sum_xmu / _count_value(count)
+    dweight = ((sum_dy_xmu - delta * sum_dy) * invstd.astype(_F64)).astype(invstd.dtype)
+    return dweight, sum_dy.astype(invstd.dtype)

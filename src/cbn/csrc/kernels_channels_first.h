@@ -7,9 +7,10 @@
 /* ---- channels-first ------------------------------------------------------------------------
  * Channel c holds N runs of S contiguous values, run n at offset (n*C + c)*S. Its M = N*S values,
  * numbered m = n*S + s, are cut into K chunks of plan.chunk values; chunk k of channel c is unit
- * u = c*K + k and owns partials part[2u], part[2u+1]. A chunk's partials are accumulated over
- * its pieces (a run cut at chunk bounds) in increasing m whichever traversal visits them, and a
- * channel's chunks are added in increasing k, so nothing depends on how work was spread. */
+ * u = c*K + k and owns the n_sums partials from part[n_sums*u]. A chunk's partials are
+ * accumulated over its pieces (a run cut at chunk bounds) in increasing m whichever traversal
+ * visits them, and a channel's chunks are added in increasing k, so nothing depends on how work
+ * was spread. */
 
 /* Offset and length of the contiguous piece of channel c that starts at value m (capped at
  * m_end). */
@@ -54,7 +55,7 @@ static inline int64_t cf_ahead(const cbn_plan *p, int64_t off)
 static void FN(cf_reduce_chunk)(const FN(job) *jb, int64_t c, int64_t k, double pivot,
                                 double *acc)
 {
-    acc[0] = acc[1] = 0.0;
+    for (int64_t i = 0; i < FN(n_sums)(jb->op); i++) acc[i] = 0.0;
     CF_FOR_PIECES(&jb->plan, c, k, off, len)
         FN(cf_reduce_piece)(jb, c, off, len, pivot, cf_ahead(&jb->plan, off), acc);
 }
@@ -64,8 +65,8 @@ static void FN(cf_reduce_chunk)(const FN(job) *jb, int64_t c, int64_t k, double 
 static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, double *part)
 {
     const cbn_plan *p = &jb->plan;
-    const int64_t K = p->n_chunks, S = p->S;
-    memset(part + 2 * c0 * K, 0, sizeof(double) * (size_t)(2 * (c1 - c0) * K));
+    const int64_t K = p->n_chunks, S = p->S, ns = FN(n_sums)(jb->op);
+    memset(part + ns * c0 * K, 0, sizeof(double) * (size_t)(ns * (c1 - c0) * K));
     for (int64_t n = 0; n < p->N; n++)
         for (int64_t c = c0; c < c1; c++) {
             const int64_t base = (n * p->C + c) * S;
@@ -75,21 +76,20 @@ static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, doubl
                 const int64_t m = n * S + s, k = m / p->chunk;
                 int64_t len = (k + 1) * p->chunk - m;
                 if (len > S - s) len = S - s;
-                FN(cf_reduce_piece)(jb, c, base + s, len, pivot, ahead, part + 2 * (c * K + k));
+                FN(cf_reduce_piece)(jb, c, base + s, len, pivot, ahead, part + ns * (c * K + k));
                 s += len;
             }
         }
 }
 
-/* Sum of a channel's chunk partials, in chunk order. */
-static void FN(sum_chunk_partials)(const cbn_plan *p, int64_t c, const double *part, double *s)
+/* Sum of a channel's chunk partials (ns per chunk), in chunk order. */
+static void FN(sum_chunk_partials)(const cbn_plan *p, int64_t ns, int64_t c, const double *part,
+                                   double *s)
 {
-    const double *pc = part + 2 * c * p->n_chunks;
-    s[0] = s[1] = 0.0;
-    for (int64_t k = 0; k < p->n_chunks; k++) {
-        s[0] += pc[2 * k];
-        s[1] += pc[2 * k + 1];
-    }
+    const double *pc = part + ns * c * p->n_chunks;
+    for (int64_t i = 0; i < ns; i++) s[i] = 0.0;
+    for (int64_t k = 0; k < p->n_chunks; k++)
+        for (int64_t i = 0; i < ns; i++) s[i] += pc[ns * k + i];
 }
 
 /* Finalize channel c from its chunk partials. For training, a channel whose one-pass sums
@@ -97,16 +97,16 @@ static void FN(sum_chunk_partials)(const cbn_plan *p, int64_t c, const double *p
 static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, int write_outputs,
                             T *coefs)
 {
-    double s[2];
-    FN(sum_chunk_partials)(&jb->plan, c, part, s);
+    double s[BACKWARD_SUMS];
+    FN(sum_chunk_partials)(&jb->plan, FN(n_sums)(jb->op), c, part, s);
     if (jb->op == OP_BACKWARD) {
-        FN(finalize_backward)(jb, c, s[0], s[1], write_outputs, coefs);
+        FN(finalize_backward)(jb, c, s, write_outputs, coefs);
         return;
     }
     double mean;
     if (!FN(finalize_train)(jb, c, jb->pivot[c], s[0], s[1], 0, write_outputs, coefs, &mean))
         return;
-    double t[2] = {0.0, 0.0}, chunk[2];
+    double t[2] = {0.0, 0.0}, chunk[TRAIN_SUMS];
     for (int64_t k = 0; k < jb->plan.n_chunks; k++) {
         FN(cf_reduce_chunk)(jb, c, k, mean, chunk);
         t[0] += chunk[0];
@@ -187,8 +187,9 @@ static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
  * channels-last loops: column sums over n, then each channel adds its S columns in order. A
  * channel is never split between threads in this mode, so this is its only summation order. */
 
-/* per column of the scratch: doubles (sums, pivot); Ts (coefficients, then row buffers for
- * streaming the output and the residual's gradient) */
+/* per column of the scratch: doubles (two sums and training's pivot; backward: a third sum in
+ * the pivot's place); Ts (coefficients, then row buffers for streaming the output and the
+ * residual's gradient) */
 enum { COLUMN_DOUBLES = 3, COLUMN_TS = N_COEF + 2 };
 
 static size_t FN(column_scratch_bytes)(void)
@@ -196,15 +197,19 @@ static size_t FN(column_scratch_bytes)(void)
     return (sizeof(double) * COLUMN_DOUBLES + sizeof(T) * COLUMN_TS) * CBN_COLUMN_WIDTH;
 }
 
-/* Channel c's sums from its S column sums (columns relative to the group start g0). */
-static void FN(sum_column_sums)(const double *s, const double *q, int64_t S, int64_t j0,
-                             double *sums)
+/* Channel c's sums from its S column sums (columns relative to the group start g0); d: the
+ * third sum's columns (backward), or NULL. */
+static void FN(sum_column_sums)(const double *s, const double *q, const double *d, int64_t S,
+                                int64_t j0, double *sums)
 {
     sums[0] = sums[1] = 0.0;
     for (int64_t j = j0; j < j0 + S; j++) {
         sums[0] += s[j];
         sums[1] += q[j];
     }
+    if (!d) return;
+    sums[2] = 0.0;
+    for (int64_t j = j0; j < j0 + S; j++) sums[2] += d[j];
 }
 
 /* The elementwise pass over channels [g0, g1) as columns: each channel's coefficients
@@ -232,7 +237,8 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     const int64_t S = p->S, stride = p->C * S, w = (g1 - g0) * S;
     const int64_t W = CBN_COLUMN_WIDTH;
     double *s = (double *)scratch, *q = s + W, *col = q + W;   /* col: pivot per column */
-    T *center = (T *)(col + W);          /* backward: the mean per column */
+    double *d = jb->op == OP_BACKWARD ? col : NULL;            /* backward: sum(x - center) */
+    T *center = (T *)(col + W);          /* backward: the saved mean per column */
     FN(tile) t = {0, p->N, g0 * S, w, p->prefetch};
     for (int64_t c = g0; c < g1; c++) {
         double *restrict pc = col + (c - g0) * S;
@@ -247,21 +253,22 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     }
     memset(s, 0, sizeof(double) * (size_t)w);
     memset(q, 0, sizeof(double) * (size_t)w);
+    if (d) memset(d, 0, sizeof(double) * (size_t)w);
     if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, stride, t, col, s, q);
-    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, stride, t, center, s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, stride, t, center, s, q, d);
     for (int64_t c = g0; c < g1; c++) {
         const int64_t j0 = (c - g0) * S;
-        double sums[2], mean;
+        double sums[BACKWARD_SUMS], mean;
         T coefs[N_COEF];
-        FN(sum_column_sums)(s, q, S, j0, sums);
+        FN(sum_column_sums)(s, q, d, S, j0, sums);
         if (jb->op == OP_BACKWARD) {
-            FN(finalize_backward)(jb, c, sums[0], sums[1], 1, coefs);
+            FN(finalize_backward)(jb, c, sums, 1, coefs);
         } else if (FN(finalize_train)(jb, c, jb->pivot[c], sums[0], sums[1], 0, 1, coefs, &mean)) {
             /* cancelled: sum this channel's columns again around its mean */
             FN(tile) tc = {0, p->N, c * S, S, p->prefetch};
             for (int64_t j = j0; j < j0 + S; j++) col[j] = mean, s[j] = q[j] = 0.0;
             FN(cl_shifted_sums)(jb->x, stride, tc, col + j0, s + j0, q + j0);
-            FN(sum_column_sums)(s, q, S, j0, sums);
+            FN(sum_column_sums)(s, q, NULL, S, j0, sums);
             FN(finalize_train)(jb, c, mean, sums[0], sums[1], 1, 1, coefs, &mean);
         }
         FN(store_coefs)(jb, c, coefs);
@@ -327,18 +334,19 @@ static void FN(cf_ranges_thread)(FN(job) *jb, int64_t t, int64_t nt)
     const int64_t U = p->n_units, K = p->n_chunks;
     const int64_t group = FN(cf_group_channels)(jb);
     double *part = jb->partials;
+    const int64_t ns = FN(n_sums)(jb->op);
     const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
     const int64_t own0 = (u0 + K - 1) / K, own1 = u1 / K;   /* channels wholly mine */
     /* chunks before the first whole channel (all, if the range lies inside one) */
     const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
     for (int64_t u = u0; u < head_end; u++)
         FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
-                            part + 2 * u);
+                            part + ns * u);
     for (int64_t g0 = own0; g0 < own1; g0 += group)
         FN(cf_whole_group)(jb, g0, g0 + group < own1 ? g0 + group : own1);
     for (int64_t u = own1 * K > head_end ? own1 * K : head_end; u < u1; u++)
         FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
-                            part + 2 * u);
+                            part + ns * u);
     TEAM_BARRIER(nt);
     /* Channels cut by a range boundary: at most the one holding u0 and the one
      * holding u1 - 1. All of them are finalized before any is applied, because a second

@@ -5,8 +5,8 @@
  */
 
 /* ---- channels-last: unit = (row block, column tile) ----------------------------------------
- * Partials are structure-of-arrays: first sums at part[rb*C + c], second at
- * part[n_row_blocks*C + rb*C + c]. */
+ * Partials are structure-of-arrays: sum i (of n_sums) of row block rb and channel c at
+ * part[i*n_row_blocks*C + rb*C + c]. */
 
 typedef struct { int64_t r0, r1, c0, w; int prefetch; } FN(tile);
 
@@ -91,12 +91,12 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
     }
 }
 
-/* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - mean[j]) with g = GRAD(dy, y), four rows
- * per step. Written once; the two calls below specialize it for y == NULL and y != NULL, so the
- * mask costs nothing when there is no activation. */
+/* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - center[j]), d[j] = sum_r (x - center[j])
+ * with g = GRAD(dy, y), four rows per step. Written once; the two calls below specialize it for
+ * y == NULL and y != NULL, so the mask costs nothing when there is no activation. */
 static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
-                                       const T *restrict mean, double *restrict s,
-                                       double *restrict q)
+                                       const T *restrict center, double *restrict s,
+                                       double *restrict q, double *restrict d)
 {
     const int far = t.prefetch && C > t.w;
     const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
@@ -118,12 +118,14 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
             }
 #pragma omp simd
             for (int64_t j = j0; j < j1; j++) {
-                const double m = (double)mean[j];
+                const double m = (double)center[j];
                 const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
                              e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
+                const double x0 = (double)x[o0 + j] - m, x1 = (double)x[o1 + j] - m,
+                             x2 = (double)x[o2 + j] - m, x3 = (double)x[o3 + j] - m;
                 s[j] += (e0 + e1) + (e2 + e3);
-                q[j] += MULADD(e1, (double)x[o1 + j] - m, e0 * ((double)x[o0 + j] - m)) +
-                        MULADD(e3, (double)x[o3 + j] - m, e2 * ((double)x[o2 + j] - m));
+                q[j] += MULADD(e1, x1, e0 * x0) + MULADD(e3, x3, e2 * x2);
+                d[j] += (x0 + x1) + (x2 + x3);
             }
         }
     }
@@ -131,34 +133,36 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
         const int64_t o = r * C + t.c0;
 #pragma omp simd
         for (int64_t j = 0; j < t.w; j++) {
-            const double e = (double)GRAD(dy, y, o + j);
+            const double e = (double)GRAD(dy, y, o + j), xc = (double)x[o + j] - (double)center[j];
             s[j] += e;
-            q[j] = MULADD(e, (double)x[o + j] - (double)mean[j], q[j]);
+            q[j] = MULADD(e, xc, q[j]);
+            d[j] += xc;
         }
     }
 }
 
 static void FN(cl_dy_sums)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
-                           const T *restrict mean, double *restrict s, double *restrict q)
+                           const T *restrict center, double *restrict s, double *restrict q,
+                           double *restrict d)
 {
-    if (y) FN(cl_dy_sums_body)(x, dy, y, C, t, mean, s, q);
-    else FN(cl_dy_sums_body)(x, dy, NULL, C, t, mean, s, q);
+    if (y) FN(cl_dy_sums_body)(x, dy, y, C, t, center, s, q, d);
+    else FN(cl_dy_sums_body)(x, dy, NULL, C, t, center, s, q, d);
 }
 
 static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u)
 {
     const cbn_plan *p = &jb->plan;
     const FN(tile) t = FN(unit_tile)(p, u);
-    const int64_t at = (t.r0 / p->row_block) * p->C + t.c0;
-    double *s = jb->partials + at, *q = jb->partials + p->n_row_blocks * p->C + at;
-    memset(s, 0, sizeof(double) * (size_t)t.w);
-    memset(q, 0, sizeof(double) * (size_t)t.w);
+    const int64_t at = (t.r0 / p->row_block) * p->C + t.c0, BC = p->n_row_blocks * p->C;
+    double *s = jb->partials + at, *q = s + BC, *d = q + BC;     /* d: backward's third sum */
+    for (int64_t i = 0; i < FN(n_sums)(jb->op); i++)
+        memset(s + i * BC, 0, sizeof(double) * (size_t)t.w);
     if (jb->op == OP_TRAIN) FN(cl_shifted_sums)(jb->x, p->C, t, jb->pivot + t.c0, s, q);
-    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, p->C, t, jb->backward.mean + t.c0, s, q);
+    else FN(cl_dy_sums)(jb->x, jb->dy, jb->y, p->C, t, jb->backward.mean + t.c0, s, q, d);
 }
 
 /* Channel sums over row blocks, in row-block order, for channels [c0, c1) (vectorized across
- * channels). */
+ * channels): sum i at jb->sums[i*C + c]. */
 static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1)
 {
     const cbn_plan *p = &jb->plan;
@@ -172,6 +176,13 @@ static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1
             s[c] += ps[rb * C + c];
             q[c] += pq[rb * C + c];
         }
+    if (jb->op != OP_BACKWARD) return;
+    double *restrict d = jb->sums + 2 * C;
+    const double *pd = jb->partials + 2 * B * C;
+    for (int64_t c = c0; c < c1; c++) d[c] = 0.0;
+    for (int64_t rb = 0; rb < B; rb++)
+#pragma omp simd
+        for (int64_t c = c0; c < c1; c++) d[c] += pd[rb * C + c];
 }
 
 /* Values of the on-stack block that channels-last streaming computes rows into: a whole tile
@@ -449,14 +460,17 @@ static void FN(cl_finalize_frozen)(const FN(job) *jb, int64_t c0, int64_t c1)
 static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
 {
     const int64_t C = jb->plan.C;
-    const double *restrict sum_dy = jb->sums, *restrict sum_dy_xmu = jb->sums + C;
+    const double *restrict sum_dy = jb->sums, *restrict sum_dy_xc = jb->sums + C,
+                           *restrict sum_xc = jb->sums + 2 * C;
     if (jb->reduce_only) {          /* the caller combines the sums across processes */
         double *restrict sum_dy_out = jb->backward.sum_dy_out,
-                         *restrict sum_dy_xmu_out = jb->backward.sum_dy_xmu_out;
+                         *restrict sum_dy_xmu_out = jb->backward.sum_dy_xmu_out,
+                         *restrict sum_xmu_out = jb->backward.sum_xmu_out;
 #pragma omp simd
         for (int64_t c = c0; c < c1; c++) {
             sum_dy_out[c] = sum_dy[c];
-            sum_dy_xmu_out[c] = sum_dy_xmu[c];
+            sum_dy_xmu_out[c] = sum_dy_xc[c];
+            sum_xmu_out[c] = sum_xc[c];
         }
         return;
     }
@@ -473,12 +487,16 @@ static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
     for (int64_t c = c0; c < c1; c++) {
         center[c] = mean[c];
         FN(backward_coef_values)(w ? (double)w[c] : 1.0, (double)inv[c], sum_dy[c],
-                                 sum_dy_xmu[c], M, &scale[c], &shift[c], &xmu[c]);
+                                 sum_dy_xc[c], sum_xc[c], M, &scale[c], &shift[c], &xmu[c]);
     }
     if (jb->backward.dweight) {
         T *restrict dw = jb->backward.dweight;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; c++) dw[c] = (T)(sum_dy_xmu[c] * (double)inv[c]);
+        for (int64_t c = c0; c < c1; c++) {
+            double delta;
+            dw[c] = (T)(FN(backward_centered)(sum_dy[c], sum_dy_xc[c], sum_xc[c], M, &delta) *
+                        (double)inv[c]);
+        }
     }
     if (jb->backward.dbias) {
         T *restrict db = jb->backward.dbias;

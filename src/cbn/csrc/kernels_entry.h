@@ -37,8 +37,9 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     p->prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
     const int by_tiles = p->channels_last && FN(cl_by_whole_tiles)(jb);  /* stack only */
     const int reduces = !jb->apply_only && !by_tiles;
-    const int64_t n_part = !reduces ? 0 : p->channels_last ? 2 * p->n_row_blocks * C
-                                                           : 2 * p->n_units;
+    const int64_t n_part = !reduces ? 0
+                           : FN(n_sums)(jb->op) * (p->channels_last ? p->n_row_blocks * C
+                                                                    : p->n_units);
     const int64_t n_pivot = reduces && jb->op == OP_TRAIN ? C : 0;
     const int64_t n_sums = reduces && p->channels_last ? 5 * C : 0;
     const int64_t n_double = n_part + n_pivot + n_sums;
@@ -322,16 +323,18 @@ int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_lay
 
 int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
                             cbn_activation activation, int64_t N, int64_t C, int64_t S,
-                            cbn_layout layout, double *sum_dy, double *sum_dy_xmu, int n_threads)
+                            cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
+                            double *sum_xmu, int n_threads)
 {
     int rc = FN(check_shape)(x, dy, N, C, S, layout, n_threads);
     if (rc) return rc;
     if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
-    if (C > 0 && (!mean || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!mean || !sum_dy || !sum_dy_xmu || !sum_xmu)) return CBN_ERR_ARGUMENT;
     if (C == 0) return CBN_OK;
     if (N * S == 0) {
         memset(sum_dy, 0, sizeof(double) * (size_t)C);
         memset(sum_dy_xmu, 0, sizeof(double) * (size_t)C);
+        memset(sum_xmu, 0, sizeof(double) * (size_t)C);
         return CBN_OK;
     }
     FN(job) jb;
@@ -344,6 +347,7 @@ int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
     jb.backward.mean = mean;
     jb.backward.sum_dy_out = sum_dy;
     jb.backward.sum_dy_xmu_out = sum_dy_xmu;
+    jb.backward.sum_xmu_out = sum_xmu;
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     FN(run_job)(&jb);
     return CBN_OK;
@@ -351,13 +355,14 @@ int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
 
 int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd, const T *weight,
                         const T *y, cbn_activation activation, const double *sum_dy,
-                        const double *sum_dy_xmu, double count, T *dx, int64_t N, int64_t C,
-                        int64_t S, cbn_layout layout, int n_threads)
+                        const double *sum_dy_xmu, const double *sum_xmu, double count, T *dx,
+                        int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
     if (rc) return rc;
     if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
-    if (C > 0 && (!dy || !mean || !invstd || !sum_dy || !sum_dy_xmu)) return CBN_ERR_ARGUMENT;
+    if (C > 0 && (!dy || !mean || !invstd || !sum_dy || !sum_dy_xmu || !sum_xmu))
+        return CBN_ERR_ARGUMENT;
     if (!(count > 0.0)) return CBN_ERR_ARGUMENT;
     if (N * C * S == 0) return CBN_OK;
     FN(job) jb;
@@ -374,7 +379,8 @@ int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd,
     if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
     for (int64_t c = 0; c < C; c++) {
         T coefs[N_COEF];
-        FN(backward_coefs)(&jb, c, sum_dy[c], sum_dy_xmu[c], count, coefs);
+        const double sums[BACKWARD_SUMS] = {sum_dy[c], sum_dy_xmu[c], sum_xmu[c]};
+        FN(backward_coefs)(&jb, c, sums, count, coefs);
         FN(store_coefs)(&jb, c, coefs);
     }
     FN(run_job)(&jb);

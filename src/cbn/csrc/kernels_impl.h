@@ -45,6 +45,7 @@
 #undef TEAM_BARRIER
 #undef MULADD
 #undef LANES
+#undef D_LANES
 #undef CL_PREFETCH_COLUMNS
 #undef CL_PREFETCH_BYTES
 #undef GRAD
