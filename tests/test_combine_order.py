@@ -79,3 +79,8 @@ def test_one_part_is_returned_unchanged(rng):
     n, mean, m2 = split.combine_stats(counts, means, m2s)
     assert n == 37
     assert mean.tobytes() == means[0].tobytes() and m2.tobytes() == m2s[0].tobytes()
+
+
+def test_negative_counts_are_refused():
+    with pytest.raises(ValueError, match="counts"):
+        split.combine_stats([3, -1], np.zeros((2, C)), np.zeros((2, C)))
