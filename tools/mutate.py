@@ -97,7 +97,7 @@ MUTANTS = [
            "const T lo = relu ? (T)0 : (T)-INFINITY;     /* v < -inf never holds: no clamp */",
            "const T lo = (T)-INFINITY;",
            "channels-first (non-streaming) forward ignores the fused ReLU"),
-    # ---- streaming stores -------------------------------------------------------------------------
+    # ---- streaming stores -----------------------------------------------------------------------
     Mutant("stream-cf-ignores-relu",
            "jb->relu, jb->x + off + i,",
            "0, jb->x + off + i,",
@@ -127,7 +127,7 @@ MUTANTS = [
            "col[j] = mean, s[j] = q[j] = 0.0;",
            "col[j] = mean, s[j] = 0.0;",
            "column mode's second pass adds its squares onto the first pass's"),
-    # ---- channels-last ----------------------------------------------------------------------------
+    # ---- channels-last --------------------------------------------------------------------------
     Mutant("cl-fold-squares-from-sums",
            "q[c] += pq[rb * C + c];",
            "q[c] += ps[rb * C + c];",
@@ -164,7 +164,7 @@ MUTANTS = [
            "dw[c] = (T)(sum_dy_xmu[c] * (double)inv[c]);",
            "dw[c] = (T)(sum_dy_xmu[c]);",
            "channels-last dweight forgets the factor invstd"),
-    # ---- finalize formulas ------------------------------------------------------------------------
+    # ---- finalize formulas ----------------------------------------------------------------------
     Mutant("mean-divides-by-m-minus-1",
            "*mean = pivot + s / M;",
            "*mean = pivot + s / (M - 1.0);",
@@ -217,7 +217,7 @@ MUTANTS = [
            "shift[c] = (T)(b - (double)running_mean[c] * s);",
            "shift[c] = (T)(b - (double)running_mean[c]);",
            "inference's shift forgets to scale the running mean"),
-    # ---- backward coefficients -------------------------------------------------------------------
+    # ---- backward coefficients ------------------------------------------------------------------
     Mutant("backward-shift-m-minus-1",
            "*shift = (T)(-a * sum_dy / M);",
            "*shift = (T)(-a * sum_dy / (M - 1.0));",
@@ -230,7 +230,7 @@ MUTANTS = [
            "jb->dweight[c] = (T)(sum_dy_xmu * invstd);",
            "jb->dweight[c] = (T)(sum_dy_xmu);",
            "channels-first dweight forgets the factor invstd"),
-    # ---- plan -------------------------------------------------------------------------------------
+    # ---- plan -----------------------------------------------------------------------------------
     Mutant("plan-drops-partial-chunk",
            "p->n_chunks = p->M > 0 ? ceil_div(p->M, p->chunk) : 0;",
            "p->n_chunks = p->M > 0 ? p->M / p->chunk : 0;",
@@ -239,7 +239,7 @@ MUTANTS = [
            "p->n_col_tiles = C > 0 ? ceil_div(C, p->col_tile) : 0;",
            "p->n_col_tiles = C > 0 ? C / p->col_tile : 0;",
            "channels-last drops the channels past the last whole column tile"),
-    # ---- split kernels and combine_stats -----------------------------------------------------------
+    # ---- split kernels and combine_stats --------------------------------------------------------
     Mutant("combine-reverse-order",
            "for (int64_t p = 0; p < P; p++) {",
            "for (int64_t p = P - 1; p >= 0; p--) {",
@@ -269,7 +269,8 @@ MUTANTS = [
            "            momentum = (1.0 / (self.num_batches_tracked + 1) if self.momentum is None\n"
            "                        else self.momentum)\n"
            "        y, mean, invstd = _api.batch_norm_train(\n"
-           "            x, self.weight, self.bias, running_mean=self.running_mean if update else None,\n"
+           "            x, self.weight, self.bias, "
+           "running_mean=self.running_mean if update else None,\n"
            "            running_var=self.running_var if update else None,\n"
            "            momentum=momentum if update else 0.0, eps=self.eps, layout=self.layout,\n"
            "            activation=self.activation, n_threads=self.n_threads)\n"
@@ -279,7 +280,8 @@ MUTANTS = [
            "            momentum = (1.0 / self.num_batches_tracked if self.momentum is None\n"
            "                        else self.momentum)\n"
            "        y, mean, invstd = _api.batch_norm_train(\n"
-           "            x, self.weight, self.bias, running_mean=self.running_mean if update else None,\n"
+           "            x, self.weight, self.bias, "
+           "running_mean=self.running_mean if update else None,\n"
            "            running_var=self.running_var if update else None,\n"
            "            momentum=momentum if update else 0.0, eps=self.eps, layout=self.layout,\n"
            "            activation=self.activation, n_threads=self.n_threads)\n",
@@ -404,7 +406,7 @@ def first_failure(output):
     return lines[-1][:200] if lines else ""
 
 
-# ---- the run ----------------------------------------------------------------------------------------
+# ---- the run ------------------------------------------------------------------------------------
 
 def select(only):
     if not only:
