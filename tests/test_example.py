@@ -22,7 +22,10 @@ def test_batch_norm_trains_where_the_plain_mlp_stalls():
     plain = ex.train(False, lr=2.5, epochs=10, x=x, labels=labels)
     with_bn = ex.train(True, lr=2.5, epochs=10, x=x, labels=labels)
     assert with_bn[-1][0] < plain[-1][0]
-    assert with_bn[-1][0] < 0.5 and with_bn[-1][1] > 0.8      # it actually learned
+    # it actually learned: its accuracy beats the plain model's at this rate (here 0.99 against
+    # 0.88) and is near perfect, which a wrong forward or gradient would not reach
+    assert with_bn[-1][1] > plain[-1][1] + 0.05
+    assert with_bn[-1][0] < 0.2 and with_bn[-1][1] > 0.95
     # same seeds: at a gentle rate both learn, so the gap above is the learning rate's doing
     gentle = ex.train(False, lr=0.3, epochs=10, x=x, labels=labels)
     assert gentle[-1][1] > 0.8
@@ -35,3 +38,5 @@ def test_main_prints_and_returns_histories(capsys, tmp_path):
     assert "with BN" in out and len(out.splitlines()) >= 11
     assert all(len(h) == 10 for h in histories.values())
     assert np.isfinite(histories["MLP + cbn.BatchNorm"][-1][0])
+    # at the documented default rate (2.5) the batch-norm model ends more accurate
+    assert histories["MLP + cbn.BatchNorm"][-1][1] > histories["plain MLP"][-1][1]
