@@ -54,9 +54,10 @@ void cbn_scratch_release(void *block)
 {
     if (!block) return;
     block_header *h = (block_header *)((char *)block - sizeof(block_header));
+    const size_t bytes = h->bytes;    /* read first: once h is kept, another call may free it */
     block_header *old = SWAP_KEPT(h);
     if (old) {                /* another call released one meanwhile: keep the larger */
-        if (old->bytes > h->bytes) {
+        if (old->bytes > bytes) {
             block_header *mine = SWAP_KEPT(old);
             free_block(mine);
         } else {
