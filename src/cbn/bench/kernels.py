@@ -9,14 +9,14 @@ running variance), which `tests/test_bench.py` checks bit for bit.
 import numpy as np
 
 from .. import _core
-from .cases import EPS, MOMENTUM, channel_count, is_channels_last
+from .._layout import canonical_dims, is_channels_last
+from .cases import EPS, MOMENTUM
 
 
 def _dims(x, layout):
     """(N, C, S, channels_last) of x: the kernels' canonical view."""
-    C = channel_count(x.shape, layout)
-    N = x.shape[0]
-    return N, C, x.size // (N * C), is_channels_last(layout)
+    cl = is_channels_last(layout)
+    return (*canonical_dims(x.shape, cl), cl)
 
 
 def _checked(call):
