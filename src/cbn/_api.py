@@ -140,13 +140,11 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
                         activation=None, residual=False, out=None, n_threads=None):
     dy, x, cl, N, C, S = v.gradient_view(dy, x, layout)
     dtype = x.dtype
-    if save_mean is None or save_invstd is None:
-        raise ValueError("save_mean and save_invstd (returned by batch_norm_train) are required")
-    save_mean = v.channel_param(save_mean, "save_mean", C, dtype)
-    save_invstd = v.channel_param(save_invstd, "save_invstd", C, dtype)
+    save_mean, save_invstd = v.required_stats(
+        save_mean, "save_mean", save_invstd, "save_invstd", C, dtype,
+        "save_mean and save_invstd (returned by batch_norm_train) are required")
     weight = v.channel_param(weight, "weight", C, dtype)
     y = v.relu_output(y, activation, x)
-    residual = v.flag(residual, "residual")
     dx, d_residual, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads, residual)
     if out is not None:
         v.refuse_overlaps(_BACKWARD_BUFFERS, (dx, save_mean, save_invstd, weight), 1, 4)
@@ -209,10 +207,9 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
                      layout="NCHW", activation=None, residual=None, out=None, n_threads=None):
     x, cl, N, C, S = v.input_view(x, layout)
     dtype = x.dtype
-    if running_mean is None or running_var is None:
-        raise ValueError("batch_norm_infer needs running_mean and running_var, got None")
-    running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
-    running_var = v.channel_param(running_var, "running_var", C, dtype)
+    running_mean, running_var = v.required_stats(
+        running_mean, "running_mean", running_var, "running_var", C, dtype,
+        "batch_norm_infer needs running_mean and running_var, got None")
     weight = v.channel_param(weight, "weight", C, dtype)
     bias = v.channel_param(bias, "bias", C, dtype)
     eps = v.eps_value(eps)
@@ -262,14 +259,12 @@ def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, 
                               n_threads=None):
     dy, x, cl, N, C, S = v.gradient_view(dy, x, layout)
     dtype = x.dtype
-    if running_mean is None or running_var is None:
-        raise ValueError("batch_norm_infer_backward needs running_mean and running_var, got None")
-    running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
-    running_var = v.channel_param(running_var, "running_var", C, dtype)
+    running_mean, running_var = v.required_stats(
+        running_mean, "running_mean", running_var, "running_var", C, dtype,
+        "batch_norm_infer_backward needs running_mean and running_var, got None")
     weight = v.channel_param(weight, "weight", C, dtype)
     eps = v.eps_value(eps)
     y = v.relu_output(y, activation, x)
-    residual = v.flag(residual, "residual")
     dx, d_residual, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads, residual)
     if out is not None:
         v.refuse_overlaps(_INFER_BACKWARD_BUFFERS, (dx, running_mean, running_var, weight), 1, 4)

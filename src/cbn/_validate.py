@@ -111,6 +111,14 @@ def channel_param(a, name, C, dtype):
     return a
 
 
+def required_stats(a, a_name, b, b_name, C, dtype, missing):
+    """Two per-channel statistics a call cannot do without, each as `channel_param` gives it;
+    ValueError `missing` when either is None."""
+    if a is None or b is None:
+        raise ValueError(missing)
+    return channel_param(a, a_name, C, dtype), channel_param(b, b_name, C, dtype)
+
+
 def writable_buffer(a, name, shape, dtype):
     """A buffer cbn writes into: ndarray of exactly dtype and shape, C-contiguous, writeable.
     Subclasses that are plain memory (np.memmap) are written into and returned as they are."""
@@ -248,13 +256,14 @@ def forward_arrays(x, residual, out, n_threads):
     return y, x, residual, n_threads
 
 
-def gradient_arrays(dy, x, y, out, n_threads, d_residual=False):
+def gradient_arrays(dy, x, y, out, n_threads, residual=False):
     """(dx, d_residual, x, dy, y, n_threads) for a call that writes dx from dy, x (and the
     forward's output y, or None): dx is `out` checked or a new array, d_residual a new array
-    when asked for (else None), n_threads resolved, x, dy and y contiguous, copied where they
-    overlap dx without being it."""
+    when the forward added a residual (the bool `residual`; else None), n_threads resolved, x,
+    dy and y contiguous, copied where they overlap dx without being it."""
+    residual = flag(residual, "residual")
     dx = output(out, x.shape, x.dtype, like=(x, dy, y))
-    d_res = output(None, x.shape, x.dtype, like=(x, dy, y, dx)) if d_residual else None
+    d_res = output(None, x.shape, x.dtype, like=(x, dy, y, dx)) if residual else None
     n_threads = resolve_threads(n_threads)
     return dx, d_res, *gradient_inputs(x, dy, y, dx), n_threads
 

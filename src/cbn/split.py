@@ -157,10 +157,9 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, sum_xmu, cou
     and save_invstd (cast to x's dtype); ``out=dy`` works in place.
     """
     dy, x, cl, N, C, S = v.gradient_view(dy, x, layout)
-    if mean is None or invstd is None:
-        raise ValueError("mean and invstd (the forward's save_mean, save_invstd) are required")
-    mean = v.channel_param(mean, "mean", C, x.dtype)
-    invstd = v.channel_param(invstd, "invstd", C, x.dtype)
+    mean, invstd = v.required_stats(
+        mean, "mean", invstd, "invstd", C, x.dtype,
+        "mean and invstd (the forward's save_mean, save_invstd) are required")
     weight = v.channel_param(weight, "weight", C, x.dtype)
     sum_dy = _stats_array(sum_dy, "sum_dy", C)
     sum_dy_xmu = _stats_array(sum_dy_xmu, "sum_dy_xmu", C)

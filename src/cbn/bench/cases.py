@@ -24,7 +24,7 @@ DEFAULT_SHAPES = [
 ]
 # The alignment sweep's default: mid-size, cache-resident on a 32 MB L3 (25.7 MB float32).
 SWEEP_SHAPES = [(32, 64, 56, 56)]
-# The contention check of --busy: issue 11's training case.
+# The contention check of --busy: a mid-size training case (ResNet's first stage, batch 32).
 CONTENTION_SHAPE = (32, 64, 56, 56)
 
 # Bytes that must cross memory, in units of x.nbytes: train and infer read x and write y,

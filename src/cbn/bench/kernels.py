@@ -27,16 +27,17 @@ def _checked(call):
     return call
 
 
-def train_call(inputs, out, n_threads):
-    """cbn_train_forward: y into `out`, running statistics updated in copies, saved stats."""
+def train_call(inputs, out, n_threads, residual=None):
+    """cbn_train_forward: y into `out`, running statistics updated in copies, saved stats;
+    with a residual, cbn_train_forward_residual with a fused ReLU."""
     x, layout = inputs["x"], inputs["layout"]
     N, C, S, last = _dims(x, layout)
     w, b = inputs["weight"], inputs["bias"]
     rm, rv = inputs["running_mean"].copy(), inputs["running_var"].copy()
     save_mean, save_invstd = np.empty(C, x.dtype), np.empty(C, x.dtype)
     return _checked(lambda: _core.train_forward(
-        x, out, N, C, S, last, w, b, rm, rv, MOMENTUM, EPS, True, save_mean, save_invstd, False,
-        n_threads))
+        x, out, N, C, S, last, w, b, rm, rv, MOMENTUM, EPS, True, save_mean, save_invstd,
+        residual is not None, n_threads, residual))
 
 
 def backward_call(inputs, out, n_threads):
@@ -60,14 +61,7 @@ def infer_call(inputs, out, n_threads):
 
 def train_residual_call(inputs, out, n_threads):
     """cbn_train_forward_residual: y = relu(bn(x) + dy) into `out` (dy as the residual)."""
-    x, layout = inputs["x"], inputs["layout"]
-    N, C, S, last = _dims(x, layout)
-    w, b = inputs["weight"], inputs["bias"]
-    rm, rv = inputs["running_mean"].copy(), inputs["running_var"].copy()
-    save_mean, save_invstd = np.empty(C, x.dtype), np.empty(C, x.dtype)
-    return _checked(lambda: _core.train_forward(
-        x, out, N, C, S, last, w, b, rm, rv, MOMENTUM, EPS, True, save_mean, save_invstd, True,
-        n_threads, inputs["dy"]))
+    return train_call(inputs, out, n_threads, inputs["dy"])
 
 
 def infer_backward_call(inputs, out, n_threads):
