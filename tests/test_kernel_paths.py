@@ -5,7 +5,7 @@ path fails here instead of silently leaving that path untested."""
 import pytest
 
 from cbn import _core
-from cbn._layout import canonical_dims, is_channels_last
+from cbn._layout import canonical_view
 from conftest import CASE_PATHS, PATH_THREADS, case_id
 
 ALL_PATHS = {"cf-ranges", "cf-groups", "cf-columns", "cl-blocks", "cl-whole-tiles"}
@@ -14,8 +14,7 @@ ALL_PATHS = {"cf-ranges", "cf-groups", "cf-columns", "cl-blocks", "cl-whole-tile
 def path_of(case, op="train", f32=True, n_threads=PATH_THREADS):
     """The path name of `op` on case, "+stream" appended when it streams its output."""
     layout, shape = case
-    cl = is_channels_last(layout)
-    N, C, S = canonical_dims(shape, cl)
+    cl, N, C, S = canonical_view(shape, layout)
     got = _core.plan_path(N, C, S, cl, f32, op, n_threads)
     return got["path"] + ("+stream" if got["stream"] else "")
 

@@ -3,6 +3,7 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
+from ._layout import canonical_view
 
 # Argument names of the arrays each function checks for overlaps, in v.refuse_overlaps' order:
 # the buffers it writes (out first), then the per-channel arrays it reads, then x (and the
@@ -27,7 +28,8 @@ _THREADS_DOC = """n_threads : int or None, default None
 def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
                      momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
                      activation=None, residual=None, out=None, n_threads=None):
-    x, cl, N, C, S = v.input_view(x, layout)
+    x = v.float_array(x, "x")
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
     weight = v.channel_param(weight, "weight", C, dtype)
     bias = v.channel_param(bias, "bias", C, dtype)
@@ -138,11 +140,13 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
 
 def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", y=None,
                         activation=None, residual=False, out=None, n_threads=None):
-    dy, x, cl, N, C, S = v.gradient_view(dy, x, layout)
+    dy, x = v.gradient_and_input(dy, x)
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
-    save_mean, save_invstd = v.required_stats(
-        save_mean, "save_mean", save_invstd, "save_invstd", C, dtype,
-        "save_mean and save_invstd (returned by batch_norm_train) are required")
+    if save_mean is None or save_invstd is None:
+        raise ValueError("save_mean and save_invstd (returned by batch_norm_train) are required")
+    save_mean = v.channel_param(save_mean, "save_mean", C, dtype)
+    save_invstd = v.channel_param(save_invstd, "save_invstd", C, dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
     y = v.relu_output(y, activation, x)
     dx, d_residual, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads, residual)
@@ -205,11 +209,13 @@ batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect t
 
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
                      layout="NCHW", activation=None, residual=None, out=None, n_threads=None):
-    x, cl, N, C, S = v.input_view(x, layout)
+    x = v.float_array(x, "x")
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
-    running_mean, running_var = v.required_stats(
-        running_mean, "running_mean", running_var, "running_var", C, dtype,
-        "batch_norm_infer needs running_mean and running_var, got None")
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm_infer needs running_mean and running_var, got None")
+    running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
+    running_var = v.channel_param(running_var, "running_var", C, dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
     bias = v.channel_param(bias, "bias", C, dtype)
     eps = v.eps_value(eps)
@@ -257,11 +263,13 @@ batch_norm_infer.__doc__ = f"""Inference-mode (frozen) batch normalization: one 
 def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, eps=1e-5,
                               layout="NCHW", y=None, activation=None, residual=False, out=None,
                               n_threads=None):
-    dy, x, cl, N, C, S = v.gradient_view(dy, x, layout)
+    dy, x = v.gradient_and_input(dy, x)
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
-    running_mean, running_var = v.required_stats(
-        running_mean, "running_mean", running_var, "running_var", C, dtype,
-        "batch_norm_infer_backward needs running_mean and running_var, got None")
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm_infer_backward needs running_mean and running_var, got None")
+    running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
+    running_var = v.channel_param(running_var, "running_var", C, dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
     eps = v.eps_value(eps)
     y = v.relu_output(y, activation, x)

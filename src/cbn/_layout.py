@@ -25,11 +25,16 @@ def channel_axis(layout, ndim):
     return ndim - 1 if is_channels_last(layout) else 1
 
 
-def canonical_dims(shape, channels_last, name="x"):
-    """(N, C, S) of the canonical view: S is the product of the spatial dims."""
+def canonical_view(shape, layout, name="x"):
+    """(channels_last, N, C, S) of an array of `shape` in `layout`: S is the product of the
+    spatial dims. ValueError for a bad layout or fewer than 2 dimensions."""
+    # every call passes here: the dict lookup first, is_channels_last for its error
+    cl = LAYOUTS.get(layout) if layout.__class__ is str else None
+    if cl is None:
+        cl = is_channels_last(layout)
     if len(shape) < 2:
         raise ValueError(
             f"{name} must have at least 2 dimensions (N, C, ...), got shape {shape}")
-    if channels_last:
-        return shape[0], shape[-1], math.prod(shape[1:-1])
-    return shape[0], shape[1], math.prod(shape[2:])
+    if cl:
+        return cl, shape[0], shape[-1], math.prod(shape[1:-1])
+    return cl, shape[0], shape[1], math.prod(shape[2:])

@@ -12,7 +12,6 @@ import numpy as np
 
 from . import _core
 from ._alloc import empty_apart
-from ._layout import canonical_dims, is_channels_last
 from ._threads import resolve_threads
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -37,24 +36,13 @@ def float_array(a, name):
     return a
 
 
-def input_view(x, layout):
-    """(x, channels_last, N, C, S): x as a float array and its canonical view in `layout`."""
-    x = float_array(x, "x")
-    cl = is_channels_last(layout)
-    N, C, S = canonical_dims(x.shape, cl)
-    return x, cl, N, C, S
-
-
-def gradient_view(dy, x, layout):
-    """(dy, x, channels_last, N, C, S): dy and x as float arrays of one dtype and one shape,
-    and their canonical view in `layout`."""
+def gradient_and_input(dy, x):
+    """(dy, x) as float arrays of one dtype and one shape."""
     x = float_array(x, "x")
     dy = float_array(dy, "dy")
     same_dtype(dy, "dy", x, "x")
     same_shape(dy, "dy", x, "x")
-    cl = is_channels_last(layout)
-    N, C, S = canonical_dims(x.shape, cl)
-    return dy, x, cl, N, C, S
+    return dy, x
 
 
 # array_flags bits
@@ -111,14 +99,6 @@ def channel_param(a, name, C, dtype):
     return a
 
 
-def required_stats(a, a_name, b, b_name, C, dtype, missing):
-    """Two per-channel statistics a call cannot do without, each as `channel_param` gives it;
-    ValueError `missing` when either is None."""
-    if a is None or b is None:
-        raise ValueError(missing)
-    return channel_param(a, a_name, C, dtype), channel_param(b, b_name, C, dtype)
-
-
 def writable_buffer(a, name, shape, dtype):
     """A buffer cbn writes into: ndarray of exactly dtype and shape, C-contiguous, writeable.
     Subclasses that are plain memory (np.memmap) are written into and returned as they are."""
@@ -138,14 +118,6 @@ def writable_buffer(a, name, shape, dtype):
     if not flags & _ALIGNED:
         raise ValueError(f"{name} must be aligned for its dtype, got a misaligned view")
     return a
-
-
-def output(out, shape, dtype, name="out", like=()):
-    """The array to write results into: `out` checked, or a new one placed apart from the
-    arrays in `like` (see _alloc)."""
-    if out is None:
-        return empty_apart(shape, dtype, *like)
-    return writable_buffer(out, name, shape, dtype)
 
 
 def running_stats(running_mean, running_var, C, dtype):
@@ -246,9 +218,11 @@ def relu_output(y, activation, x):
 
 def forward_arrays(x, residual, out, n_threads):
     """(y, x, residual, n_threads) for a call that writes y from x (and a residual or None):
-    y is `out` checked or a new array placed apart from the inputs, n_threads resolved, x and
-    the residual contiguous, copied where they overlap y without being it."""
-    y = output(out, x.shape, x.dtype, like=(x, residual))
+    y is `out` checked or a new array placed apart from the inputs (_alloc.empty_apart),
+    n_threads resolved, x and the residual contiguous, copied where they overlap y without
+    being it."""
+    y = (empty_apart(x.shape, x.dtype, x, residual) if out is None
+         else writable_buffer(out, "out", x.shape, x.dtype))
     n_threads = resolve_threads(n_threads)
     x = contiguous_input(x, y)
     if residual is not None:
@@ -262,10 +236,12 @@ def gradient_arrays(dy, x, y, out, n_threads, residual=False):
     when the forward added a residual (the bool `residual`; else None), n_threads resolved, x,
     dy and y contiguous, copied where they overlap dx without being it."""
     residual = flag(residual, "residual")
-    dx = output(out, x.shape, x.dtype, like=(x, dy, y))
-    d_res = output(None, x.shape, x.dtype, like=(x, dy, y, dx)) if residual else None
+    dx = (empty_apart(x.shape, x.dtype, x, dy, y) if out is None
+          else writable_buffer(out, "out", x.shape, x.dtype))
+    d_res = empty_apart(x.shape, x.dtype, x, dy, y, dx) if residual else None
     n_threads = resolve_threads(n_threads)
-    return dx, d_res, *gradient_inputs(x, dy, y, dx), n_threads
+    x, dy, y = gradient_inputs(x, dy, y, dx)
+    return dx, d_res, x, dy, y, n_threads
 
 
 def gradient_inputs(x, dy, y, dx=None):

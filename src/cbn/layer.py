@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _api
 from . import _validate as v
-from ._layout import canonical_dims, is_channels_last
+from ._layout import canonical_view, is_channels_last
 from ._threads import resolve_threads
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -303,7 +303,7 @@ def checked_input(layer, x):
     layer._check_input_dim(x)
     if x.dtype != layer.dtype:
         raise TypeError(f"x must have the layer's dtype {layer.dtype}, got {x.dtype}")
-    N, C, S = canonical_dims(x.shape, is_channels_last(layer.layout))
+    _, N, C, S = canonical_view(x.shape, layer.layout)
     if C != layer.num_features:
         raise ValueError(f"x must have {layer.num_features} channels (num_features) on the "
                          f"channel axis of layout {layer.layout!r}, got shape {x.shape}")

@@ -38,7 +38,7 @@ last axis; any ndim >= 2.
 """
 import numpy as np
 
-from ._layout import canonical_dims, channel_axis, is_channels_last
+from ._layout import canonical_view, channel_axis
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_infer",
            "batch_norm_infer_backward", "fold_scale_shift"]
@@ -49,7 +49,7 @@ def _as(a, dtype):
 
 def _geometry(x, layout):
     """(reduction axes, per-channel broadcast shape, C, M) for x in `layout`."""
-    canonical_dims(x.shape, is_channels_last(layout))   # ValueError for a bad layout or rank
+    canonical_view(x.shape, layout)   # ValueError for a bad layout or rank
     axis = channel_axis(layout, x.ndim)
     C = x.shape[axis]
     axes = tuple(i for i in range(x.ndim) if i != axis)

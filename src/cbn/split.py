@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
+from ._layout import canonical_view
 from ._threads import resolve_threads
 from ._validate import F64 as _F64
 # Argument names for v.refuse_overlaps: the output, then the per-channel arrays read.
@@ -41,7 +42,8 @@ def batch_stats(x, *, layout="NCHW", n_threads=None):
         Values per channel (N * spatial size); may be 0 (then mean and m2 are 0).
     mean, m2 : ndarray of float64, shape (C,)
     """
-    x, cl, N, C, S = v.input_view(x, layout)
+    x = v.float_array(x, "x")
+    cl, N, C, S = canonical_view(x.shape, layout)
     n_threads = resolve_threads(n_threads)
     x = v.contiguous_input(x)
     mean = np.empty(C, _F64)
@@ -95,7 +97,8 @@ def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCH
     mean and invstd are float64 (C,) (e.g. from `combine_stats`); weight and bias are cast to
     x's dtype. ``activation="relu"`` clamps at 0 in the same pass; ``out=x`` works in place.
     """
-    x, cl, N, C, S = v.input_view(x, layout)
+    x = v.float_array(x, "x")
+    cl, N, C, S = canonical_view(x.shape, layout)
     mean = _stats_array(mean, "mean", C)
     invstd = _stats_array(invstd, "invstd", C)
     weight = v.channel_param(weight, "weight", C, x.dtype)
@@ -123,7 +126,8 @@ def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="
     -------
     sum_dy, sum_dy_xmu, sum_xmu : ndarray of float64, shape (C,)
     """
-    dy, x, cl, N, C, S = v.gradient_view(dy, x, layout)
+    dy, x = v.gradient_and_input(dy, x)
+    cl, N, C, S = canonical_view(x.shape, layout)
     mean = v.channel_param(mean, "mean", C, x.dtype)
     if mean is None:
         raise ValueError("mean (the forward's save_mean) is required")
@@ -156,10 +160,12 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, sum_xmu, cou
     batch mean and ``sum_c = sum(g * (x - mu))``. mean and invstd are the forward's save_mean
     and save_invstd (cast to x's dtype); ``out=dy`` works in place.
     """
-    dy, x, cl, N, C, S = v.gradient_view(dy, x, layout)
-    mean, invstd = v.required_stats(
-        mean, "mean", invstd, "invstd", C, x.dtype,
-        "mean and invstd (the forward's save_mean, save_invstd) are required")
+    dy, x = v.gradient_and_input(dy, x)
+    cl, N, C, S = canonical_view(x.shape, layout)
+    if mean is None or invstd is None:
+        raise ValueError("mean and invstd (the forward's save_mean, save_invstd) are required")
+    mean = v.channel_param(mean, "mean", C, x.dtype)
+    invstd = v.channel_param(invstd, "invstd", C, x.dtype)
     weight = v.channel_param(weight, "weight", C, x.dtype)
     sum_dy = _stats_array(sum_dy, "sum_dy", C)
     sum_dy_xmu = _stats_array(sum_dy_xmu, "sum_dy_xmu", C)

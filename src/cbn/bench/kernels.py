@@ -9,14 +9,14 @@ running variance), which `tests/test_bench.py` checks bit for bit.
 import numpy as np
 
 from .. import _core
-from .._layout import canonical_dims, is_channels_last
+from .._layout import canonical_view
 from .cases import EPS, MOMENTUM
 
 
 def _dims(x, layout):
     """(N, C, S, channels_last) of x: the kernels' canonical view."""
-    cl = is_channels_last(layout)
-    return (*canonical_dims(x.shape, cl), cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
+    return N, C, S, cl
 
 
 def _checked(call):
