@@ -7,11 +7,13 @@ cover the rounding of cbn's float32 outputs, not the rounding of the input.
 import os
 import sys
 import zlib
+from collections import namedtuple
 
 import numpy as np
 import pytest
 
 import cbn
+from cbn._layout import channel_axis, is_channels_last  # noqa: F401 (the tests' layout helpers)
 
 # Test modules do `from conftest import ...`; make that work under any pytest import mode.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,34 +60,85 @@ SMALL_CASES = [
     ("channels_last", (3, 5, 7)),
 ]
 
+# Kernel paths, as `cbn._core.plan_path` names them for a float32 training forward on
+# PATH_THREADS threads (tests/test_kernel_paths.py checks that every tagged case takes its
+# path, so that a threshold change cannot silently drop coverage):
+#   cf-ranges       channels-first, threads take ranges of chunks (channels cut between them)
+#   cf-groups       channels-first, threads take groups of whole channels reduced and applied
+#                   while in cache
+#   cf-columns      channels-first with short runs (S <= 128), done as columns
+#   cl-blocks       channels-last, row blocks reduced, then applied
+#   cl-whole-tiles  channels-last with one row block: each column tile reduced and applied at once
+#   +stream         the output is written with streaming stores (>= 16 MB)
+# C == 1 and channels-first S == 1 take the other layout's path (the plan's cheaper view).
+PATH_THREADS = 2
+CASE_PATHS = {}
+
+
+def _tagged(rows):
+    """The (layout, shape) cases of rows (layout, shape, path), their paths kept in CASE_PATHS."""
+    for layout, shape, path in rows:
+        assert CASE_PATHS.setdefault((layout, shape), path) == path, (layout, shape)
+    return [(layout, shape) for layout, shape, _ in rows]
+
+
 # Medium cases that reach the multi-chunk / multi-thread paths of the kernels: a channel with more
 # than 10000 values, channels-last with more than 1000 rows, channels-last with C over one column
 # tile, channels-last with two rows and many channels, C=1 with many values.
-MEDIUM_CASES = [
-    ("NCHW", (12, 8, 33, 31)),
-    ("NCHW", (3, 3, 131, 67)),
-    ("NCHW", (4, 1, 170, 101)),
-    ("NCHW", (16, 40, 13, 15)),
-    ("NHWC", (8, 20, 18, 24)),
-    ("NHWC", (4, 8, 5, 600)),
-    ("NHWC", (2, 1, 40003)),
-    ("NCHW", (70001, 2)),
-]
+MEDIUM_CASES = _tagged([
+    ("NCHW", (12, 8, 33, 31), "cf-ranges"),
+    ("NCHW", (3, 3, 131, 67), "cf-ranges"),
+    ("NCHW", (4, 1, 170, 101), "cf-ranges"),
+    ("NCHW", (16, 40, 13, 15), "cf-ranges"),
+    ("NHWC", (8, 20, 18, 24), "cl-blocks"),
+    ("NHWC", (4, 8, 5, 600), "cl-blocks"),
+    ("NHWC", (2, 1, 40003), "cl-whole-tiles"),
+    ("NCHW", (70001, 2), "cl-blocks"),
+])
 
 ALL_CASES = SMALL_CASES + MEDIUM_CASES
+
+# Shapes big enough that the kernels really use several threads (tens of thousands of values per
+# thread), plus small ones, C smaller than the thread count, channels-last with few rows: for the
+# bit-identity tests over thread counts (each count cuts the work at other places).
+THREAD_CASES = _tagged([
+    ("NCHW", (3, 5, 7), "cf-columns"),
+    ("NHWC", (3, 7, 5), "cl-whole-tiles"),
+    ("NCHW", (12, 8, 33, 31), "cf-ranges"),
+    ("NCHW", (16, 1, 101, 67), "cf-ranges"),
+    ("NCHW", (4, 2, 129, 131), "cf-ranges"),
+    ("NCHW", (4, 300, 9, 11), "cf-columns"),
+    ("NCHW", (16, 40, 13, 15), "cf-ranges"),     # runs of 195: too long for columns
+    ("NCHW", (8, 96, 32, 32), "cf-groups"),      # 8 groups of 12 channels: ranges from 3 threads
+    ("NCHW", (50001, 3), "cl-blocks"),
+    ("NCHW", (2, 3, 9, 61, 47), "cf-ranges"),
+    ("NHWC", (8, 20, 18, 24), "cl-blocks"),
+    ("NHWC", (4, 8, 5, 600), "cl-blocks"),
+    ("NHWC", (2, 1, 40003), "cl-whole-tiles"),
+    ("NHWC", (3, 1, 1, 33333), "cl-whole-tiles"),
+    ("NHWC", (70001, 1), "cf-ranges"),
+    ("NHWC", (40000, 3), "cl-blocks"),
+    ("NHWC", (2, 5, 9, 61, 47), "cl-blocks"),
+])
+
+# float32 outputs just over the 16 MB streaming threshold: channels-first with long runs and in
+# column mode (runs of 49), channels-last narrower and wider than a column tile (512).
+STREAM_CASES = _tagged([
+    ("NCHW", (4, 3, 600, 700), "cf-ranges+stream"),
+    ("NCHW", (96, 900, 7, 7), "cf-columns+stream"),
+    ("NHWC", (16, 1024, 260), "cl-blocks+stream"),
+    ("NHWC", (2, 2000, 1100), "cl-blocks+stream"),
+])
+
+# Where outputs sit in memory: the streamed cases and one that stays in cache.
+PLACEMENT_CASES = STREAM_CASES + _tagged([
+    ("NHWC", (8, 30, 30, 24), "cl-blocks"),
+])
 
 
 def case_id(case):
     layout, shape = case
     return f"{layout}-{'x'.join(map(str, shape))}"
-
-
-def is_channels_last(layout):
-    return layout in ("NHWC", "channels_last")
-
-
-def channel_axis(layout, ndim):
-    return ndim - 1 if is_channels_last(layout) else 1
 
 
 def n_channels(shape, layout):
@@ -146,6 +199,23 @@ def make_params(rng, C, dtype, affine=True):
 def make_running(rng, C, dtype):
     """Plausible (running_mean, running_var) of x's dtype, var > 0."""
     return rng.standard_normal(C).astype(dtype), rng.uniform(0.25, 4.0, C).astype(dtype)
+
+
+CaseArrays = namedtuple("CaseArrays",
+                        "layout shape C x dy weight bias running_mean running_var")
+
+
+def case_arrays(rng, case, dtype, affine=True, loc=0.0, dy_loc=0.0):
+    """Everything a test of `case` (layout, shape) needs, always drawn in this order: x (make_x
+    around loc), dy (around dy_loc), weight and bias (None, None without affine), plausible
+    running_mean and running_var. Unpack it: ``layout, shape, C, x, dy, w, b, rm, rv = ...``."""
+    layout, shape = case
+    C = n_channels(shape, layout)
+    x = make_x(rng, shape, dtype, layout, loc=loc)
+    dy = make_x(rng, shape, dtype, layout, loc=dy_loc)
+    weight, bias = make_params(rng, C, dtype, affine)
+    running_mean, running_var = make_running(rng, C, dtype)
+    return CaseArrays(layout, shape, C, x, dy, weight, bias, running_mean, running_var)
 
 
 def f64(a):

@@ -8,16 +8,14 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, case_id, f64, make_params,
-                      make_running, make_x, n_channels)
+from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, case_arrays, case_id,
+                      f64, make_x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_train_relu_matches_reference_then_relu(case, dtype, rng):
-    layout, shape = case
-    x = make_x(rng, shape, dtype, layout)
-    w, b = make_params(rng, n_channels(shape, layout), dtype)
+    layout, shape, _, x, _, w, b, _, _ = case_arrays(rng, case, dtype)
     y, mean, invstd = cbn.batch_norm_train(x, w, b, layout=layout, activation="relu")
     r_y, r_mean, r_invstd, _, _ = ref.batch_norm_train(f64(x), f64(w), f64(b), layout=layout)
     assert_close(y, np.maximum(r_y, 0.0))
@@ -32,10 +30,7 @@ def test_train_relu_matches_reference_then_relu(case, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_backward_relu_masks_dy_where_y_not_positive(case, dtype, rng):
-    layout, shape = case
-    x = make_x(rng, shape, dtype, layout)
-    dy = rng.standard_normal(shape).astype(dtype)
-    w, b = make_params(rng, n_channels(shape, layout), dtype)
+    layout, shape, _, x, dy, w, b, _, _ = case_arrays(rng, case, dtype)
     y, mean, invstd = cbn.batch_norm_train(x, w, b, layout=layout, activation="relu")
     dx, dw, db = cbn.batch_norm_backward(dy, x, mean, invstd, w, layout=layout, y=y,
                                          activation="relu")
@@ -55,11 +50,7 @@ def test_backward_relu_masks_dy_where_y_not_positive(case, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_infer_relu(case, dtype, rng):
-    layout, shape = case
-    x = make_x(rng, shape, dtype, layout)
-    C = n_channels(shape, layout)
-    w, b = make_params(rng, C, dtype)
-    rm, rv = make_running(rng, C, dtype)
+    layout, shape, C, x, _, w, b, rm, rv = case_arrays(rng, case, dtype)
     y = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout, activation="relu")
     plain = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout)
     assert_identical(y, np.maximum(plain, dtype(0)))

@@ -4,19 +4,15 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import (ALL_CASES, DTYPES, assert_close, assert_meta, case_id, channel_axis, f64,
-                      make_params, make_x, n_channels)
+from conftest import (ALL_CASES, DTYPES, assert_close, assert_meta, case_arrays, case_id,
+                      channel_axis, f64, make_params, make_x, n_channels)
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["weight", "noweight"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_matches_reference(rng, case, dtype, affine):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    dy = make_x(rng, shape, dtype, layout)
-    weight, _ = make_params(rng, C, dtype, affine)
+    layout, shape, C, x, dy, weight, _, _, _ = case_arrays(rng, case, dtype, affine)
     _, save_mean, save_invstd = cbn.batch_norm_train(x, weight, layout=layout)
 
     dx, dweight, dbias = cbn.batch_norm_backward(dy, x, save_mean, save_invstd, weight,
@@ -38,11 +34,7 @@ def test_matches_reference(rng, case, dtype, affine):
 def test_gradient_identities(rng, case, dtype):
     """Per channel, sum(dx) = 0 and, with eps = 0, sum(dx * xhat) = 0 (the gradient is orthogonal
     to a shift and a scaling of the input), whatever dy and weight are."""
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    dy = make_x(rng, shape, dtype, layout, loc=0.5)
-    weight, _ = make_params(rng, C, dtype)
+    layout, shape, C, x, dy, weight, _, _, _ = case_arrays(rng, case, dtype, dy_loc=0.5)
     _, m, s = cbn.batch_norm_train(x, weight, layout=layout, eps=0.0)
     dx, _, _ = cbn.batch_norm_backward(dy, x, m, s, weight, layout=layout)
     ax = channel_axis(layout, len(shape))

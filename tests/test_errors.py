@@ -1,4 +1,4 @@
-"""Every error of the issue: the right exception, a message naming what was expected and what was
+"""Every documented error: the right exception, a message naming what was expected and what was
 given, and nothing written (out buffers, running statistics and in-place x keep their values)."""
 import numpy as np
 import pytest
@@ -300,7 +300,7 @@ def test_backward_errors_in_place(mutate, exc, parts):
     np.testing.assert_array_equal(kw["dy"], dy0)
 
 
-# -- cases whose exact exception type the issue leaves open ---------------------------------------
+# -- cases where the contract allows either TypeError or ValueError ------------------------------
 
 def test_backward_dy_dtype_differs_from_x():
     x = np.ones((4, C, 5), np.float32)

@@ -4,19 +4,16 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import (ALL_CASES, DTYPES, SMALL_CASES, assert_close, assert_meta, case_id, f64,
-                      make_params, make_running, make_x, n_channels, values_per_channel)
+from conftest import (ALL_CASES, DTYPES, SMALL_CASES, assert_close, assert_meta, case_arrays,
+                      case_id, channel_axis, f64, make_params, make_x, n_channels,
+                      values_per_channel)
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_matches_reference(rng, case, dtype, affine):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    weight, bias = make_params(rng, C, dtype, affine)
-    rm, rv = make_running(rng, C, dtype)
+    layout, shape, C, x, _, weight, bias, rm, rv = case_arrays(rng, case, dtype, affine)
     rm0, rv0 = rm.copy(), rv.copy()
 
     y, save_mean, save_invstd = cbn.batch_norm_train(
@@ -41,18 +38,15 @@ def test_matches_reference(rng, case, dtype, affine):
 @pytest.mark.parametrize("case", [("NCHW", (4, 3, 5)), ("NHWC", (3, 5, 4)), ("NCHW", (2, 7)),
                                   ("NHWC", (2, 1, 1, 6))], ids=case_id)
 def test_running_statistics_conventions(rng, case, dtype, momentum, unbiased):
-    layout, shape = case
-    C = n_channels(shape, layout)
+    layout, shape, C, x, _, _, _, rm, rv = case_arrays(rng, case, dtype)
     M = values_per_channel(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    rm, rv = make_running(rng, C, dtype)
     rm0, rv0 = f64(rm.copy()), f64(rv.copy())
     _, save_mean, save_invstd = cbn.batch_norm_train(
         x, running_mean=rm, running_var=rv, momentum=momentum, layout=layout,
         unbiased_running_var=unbiased)
 
     # the formulas written out, independently of the reference module
-    xs = np.moveaxis(f64(x), 1 if layout == "NCHW" else -1, -1).reshape(-1, C)
+    xs = np.moveaxis(f64(x), channel_axis(layout, x.ndim), -1).reshape(-1, C)
     mean = xs.mean(axis=0)
     var = ((xs - mean) ** 2).mean(axis=0)
     batch_var = var * M / (M - 1) if unbiased else var
@@ -113,7 +107,7 @@ def test_output_is_normalized(rng, case, dtype):
     C = n_channels(shape, layout)
     x = make_x(rng, shape, dtype, layout, loc=3.0, scale=2.0)
     y, _, _ = cbn.batch_norm_train(x, layout=layout, eps=0.0)
-    ys = np.moveaxis(f64(y), 1 if layout in ("NCHW", "channels_first") else -1, -1).reshape(-1, C)
+    ys = np.moveaxis(f64(y), channel_axis(layout, y.ndim), -1).reshape(-1, C)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(ys.mean(axis=0), 0.0, atol=tol)
     np.testing.assert_allclose(ys.var(axis=0), 1.0, atol=tol)

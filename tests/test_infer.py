@@ -4,8 +4,8 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import (ALL_CASES, DTYPES, assert_close, assert_meta, case_id, channel_axis, f64,
-                      make_params, make_running, make_x, n_channels)
+from conftest import (ALL_CASES, DTYPES, assert_close, assert_meta, case_arrays, case_id,
+                      channel_axis, f64, make_params, make_running, make_x)
 
 AFFINE = [(True, True), (True, False), (False, True), (False, False)]
 
@@ -14,20 +14,16 @@ AFFINE = [(True, True), (True, False), (False, True), (False, False)]
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_matches_reference(rng, case, dtype, affine):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    weight, bias = make_params(rng, C, dtype)
+    layout, shape, C, x, _, weight, bias, rm, rv = case_arrays(rng, case, dtype)
     weight = weight if affine[0] else None
     bias = bias if affine[1] else None
-    rm, rv = make_running(rng, C, dtype)
 
     y = cbn.batch_norm_infer(x, rm, rv, weight, bias, layout=layout)
     ey = ref.batch_norm_infer(f64(x), f64(rm), f64(rv), f64(weight), f64(bias), layout=layout)
     assert_meta(y, shape, dtype)
     assert_close(y, ey)
 
-    # the lecture-note formula written out directly
+    # the formula written out directly
     ax = channel_axis(layout, len(shape))
     b = [1] * len(shape)
     b[ax] = C

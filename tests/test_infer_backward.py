@@ -6,8 +6,8 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, assert_meta, case_id,
-                      channel_axis, f64, make_params, make_running, make_x, n_channels)
+from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, assert_meta, case_arrays,
+                      case_id, channel_axis, f64, make_running, make_x)
 
 
 def _per_channel(a, layout, ndim):
@@ -18,12 +18,7 @@ def _per_channel(a, layout, ndim):
 
 
 def _setup(rng, case, dtype, affine=True):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=0.5)
-    dy = make_x(rng, shape, dtype, layout)
-    weight, bias = make_params(rng, C, dtype, affine)
-    rm, rv = make_running(rng, C, dtype)
+    layout, _, _, x, dy, weight, bias, rm, rv = case_arrays(rng, case, dtype, affine, loc=0.5)
     return layout, x, dy, weight, bias, rm, rv
 
 

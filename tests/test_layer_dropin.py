@@ -1,4 +1,4 @@
-"""cbn.BatchNorm as a drop-in for torch.nn.BatchNorm*d (issue 15): PyTorch's positional
+"""cbn.BatchNorm as a drop-in for torch.nn.BatchNorm*d: PyTorch's positional
 constructor, bias=False, empty batches (functional API and layer), reset methods, repr, the
 `training` attribute and BatchNorm1d/2d/3d's rank checks.
 

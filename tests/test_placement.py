@@ -9,38 +9,23 @@ import pytest
 
 import cbn
 from cbn import _alloc, _core
-from conftest import assert_identical, make_params, make_x, n_channels
+from conftest import PLACEMENT_CASES, assert_identical, case_arrays, case_id, make_params, make_x
 
 
 def placed(shape, dtype, offset):
     """An uninitialised array whose address is `offset` bytes past a 64-byte boundary."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    buf = np.empty(nbytes + 128, np.uint8)
-    start = (offset - _core.address(buf)) % 64
-    a = buf[start:start + nbytes].view(dtype).reshape(shape)
+    buf = np.empty(nbytes + _alloc.PAGE, np.uint8)
+    a = _alloc.at_page_offset(buf, offset, nbytes).view(dtype).reshape(shape)
     assert _core.address(a) % 64 == offset
     return a
 
 
-# outputs past the 16 MB streaming threshold (float32) and one that stays in cache
-PLACEMENT_CASES = [
-    ("NCHW", (4, 3, 600, 700)),      # channels-first, long runs, streamed
-    ("NCHW", (96, 900, 7, 7)),       # channels-first column mode, streamed
-    ("NHWC", (16, 1024, 260)),       # channels-last, whole rows, streamed
-    ("NHWC", (2, 2000, 1100)),       # channels-last, column tiles, streamed
-    ("NHWC", (8, 30, 30, 24)),       # in cache, not streamed
-]
-
-
-@pytest.mark.parametrize("case", PLACEMENT_CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}")
+@pytest.mark.parametrize("case", PLACEMENT_CASES, ids=case_id)
 def test_output_offset_within_a_line_changes_no_bit(rng, case):
-    layout, shape = case
     dtype = np.float32
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=1.0)
-    dy = make_x(rng, shape, dtype, layout)
-    weight, bias = make_params(rng, C, dtype)
+    layout, shape, C, x, dy, weight, bias, _, _ = case_arrays(rng, case, dtype, loc=1.0)
     rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
     aligned = placed(shape, dtype, 0)
     y, mean, invstd = cbn.batch_norm_train(x, weight, bias, layout=layout, activation="relu",

@@ -5,9 +5,8 @@ import pytest
 import cbn
 from cbn import reference as ref
 from cbn import split
-from conftest import (DTYPES, assert_close, assert_identical, backward_truth, case_id,
-                      channel_axis, channel_take, f64, make_params, make_running, make_x,
-                      n_channels)
+from conftest import (DTYPES, assert_close, assert_identical, backward_truth, case_arrays,
+                      case_id, channel_axis, channel_take, f64, make_running, make_x, n_channels)
 
 OFFSET_CASES = [
     ("NCHW", (16, 4, 7)),
@@ -85,12 +84,9 @@ BACKWARD_OFFSETS = [(np.float32, 1e4, 1e-5, 1e-6), (np.float32, 1e6, 1e-5, 1e-6)
 def test_backward_offset_matches_exact_mean(rng, case, offset, relu):
     """Backward reads x: it sums x - save_mean too and corrects for save_mean's rounding, so the
     gradients match the float64 truth around the exact mean (and invstd) of x."""
-    layout, shape = case
     dtype, loc, dw_rtol, dx_rtol = offset
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=loc)
-    dy = make_x(rng, shape, dtype, layout, loc=0.5)   # sum(dy) far from 0: the rounding shows
-    w, b = make_params(rng, C, dtype)
+    # dy around 0.5: sum(dy) far from 0, so the rounding shows
+    layout, shape, C, x, dy, w, b, _, _ = case_arrays(rng, case, dtype, loc=loc, dy_loc=0.5)
     y, m, s = cbn.batch_norm_train(x, w, b, layout=layout, activation=relu)
     kw = {"y": y, "activation": relu} if relu else {}
     dx, dw, db = cbn.batch_norm_backward(dy, x, m, s, w, layout=layout, n_threads=3, **kw)
@@ -170,12 +166,8 @@ def _other_channels(a, c, layout):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", NAN_CASES, ids=case_id)
 def test_nonfinite_train_stays_in_channel(rng, case, dtype, bad):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
+    layout, shape, C, x, _, w, b, rm, rv = case_arrays(rng, case, dtype)
     c = _poison(rng, x, layout, BAD_VALUES[bad])
-    w, b = make_params(rng, C, dtype)
-    rm, rv = make_running(rng, C, dtype)
     rm0, rv0 = rm.copy(), rv.copy()
     y, m, s = cbn.batch_norm_train(x, w, b, running_mean=rm, running_var=rv, layout=layout)
 
@@ -201,11 +193,7 @@ def test_nonfinite_train_stays_in_channel(rng, case, dtype, bad):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", NAN_CASES, ids=case_id)
 def test_nonfinite_backward_stays_in_channel(rng, case, dtype, bad, where):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    dy = make_x(rng, shape, dtype, layout)
-    w, _ = make_params(rng, C, dtype)
+    layout, shape, C, x, dy, w, _, _, _ = case_arrays(rng, case, dtype)
     _, m, s = cbn.batch_norm_train(x, w, layout=layout)
     c = _poison(rng, x if where == "x" else dy, layout, BAD_VALUES[bad])
     dx, dw, db = cbn.batch_norm_backward(dy, x, m, s, w, layout=layout)
@@ -229,12 +217,8 @@ def test_nonfinite_backward_stays_in_channel(rng, case, dtype, bad, where):
 @pytest.mark.parametrize("case", NAN_CASES, ids=case_id)
 def test_nonfinite_infer_is_elementwise(rng, case, dtype):
     """Inference is elementwise: a NaN input gives a NaN output at that position only."""
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
+    layout, shape, C, x, _, w, b, rm, rv = case_arrays(rng, case, dtype)
     _poison(rng, x, layout, np.nan)
-    rm, rv = make_running(rng, C, dtype)
-    w, b = make_params(rng, C, dtype)
     y = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
     assert_close(y, ref.batch_norm_infer(f64(x), f64(rm), f64(rv), f64(w), f64(b),

@@ -8,8 +8,8 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, case_id, f64,
-                      make_params, make_running, make_x, n_channels)
+from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, case_arrays, case_id, f64,
+                      make_running, make_x)
 
 ACTIVATIONS = [None, "relu"]
 
@@ -19,13 +19,8 @@ def _act(v, activation):
 
 
 def _setup(rng, case, dtype):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=0.5)
+    layout, shape, _, x, dy, weight, bias, rm, rv = case_arrays(rng, case, dtype, loc=0.5)
     r = make_x(rng, shape, dtype, layout)
-    dy = make_x(rng, shape, dtype, layout)
-    weight, bias = make_params(rng, C, dtype)
-    rm, rv = make_running(rng, C, dtype)
     return layout, x, r, dy, weight, bias, rm, rv
 
 

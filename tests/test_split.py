@@ -7,8 +7,8 @@ import pytest
 import cbn
 from cbn import reference as ref
 from cbn import split
-from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, backward_truth, case_id,
-                      f64, make_params, make_x, n_channels)
+from conftest import (ALL_CASES, DTYPES, assert_close, assert_identical, backward_truth,
+                      case_arrays, case_id, f64, make_params, make_x, n_channels)
 
 EPS = 1e-5
 
@@ -32,10 +32,7 @@ def split_forward(x, w, b, layout, sizes, activation=None):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ALL_CASES, ids=case_id)
 def test_split_forward_and_backward_match_reference(case, dtype, rng):
-    layout, shape = case
-    x = make_x(rng, shape, dtype, layout)
-    dy = rng.standard_normal(shape).astype(dtype)
-    w, b = make_params(rng, n_channels(shape, layout), dtype)
+    layout, shape, _, x, dy, w, b, _, _ = case_arrays(rng, case, dtype)
     N = shape[0]
     sizes = [N // 3, 0, N - N // 3] if N > 1 else [N, 0]
     y, count, mean, m2, invstd = split_forward(x, w, b, layout, sizes)

@@ -6,28 +6,14 @@ import pytest
 
 import cbn
 from cbn import reference as ref
-from conftest import (DTYPES, assert_close, assert_identical, case_id, f64, make_params, make_x,
-                      n_channels)
-
-# float32, just over 16 MB each: channels-first with long runs, channels-first in column mode
-# (runs of 49), channels-last narrower and wider than a column tile (512)
-STREAM_CASES = [
-    ("NCHW", (4, 3, 600, 700)),
-    ("NCHW", (96, 900, 7, 7)),
-    ("NHWC", (16, 1024, 260)),
-    ("NHWC", (2, 2000, 1100)),
-]
-
+from conftest import (DTYPES, STREAM_CASES, assert_close, assert_identical, case_arrays, case_id,
+                      f64)
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", STREAM_CASES, ids=case_id)
 def test_streamed_outputs_match_reference(rng, many_threads, case, dtype):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=1.0)
-    dy = make_x(rng, shape, dtype, layout)
+    layout, shape, C, x, dy, weight, bias, _, _ = case_arrays(rng, case, dtype, loc=1.0)
     assert x.nbytes >= 16 * 1024 * 1024
-    weight, bias = make_params(rng, C, dtype)
     rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
 
     y, mean, invstd = cbn.batch_norm_train(x, weight, bias, layout=layout)

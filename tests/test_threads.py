@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import cbn
-from conftest import (DTYPES, assert_close, assert_identical, case_id, f64, make_params,
-                      make_running, make_x, n_channels)
+from conftest import (DTYPES, THREAD_CASES, assert_close, assert_identical, case_arrays, case_id,
+                      f64, make_running, make_x)
 from cbn import reference as ref
 
 THREAD_COUNTS = [1, 2, 3, 5, None, -1]
@@ -23,27 +23,6 @@ def cpus_offered():
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cbn.set_num_threads(None)
     return max(cpus, cbn.get_num_threads())
-
-# Shapes big enough that the kernels really use several threads (tens of thousands of values per
-# thread), plus small ones, C smaller than the thread count, channels-last with few rows.
-THREAD_CASES = [
-    ("NCHW", (3, 5, 7)),
-    ("NHWC", (3, 7, 5)),
-    ("NCHW", (12, 8, 33, 31)),
-    ("NCHW", (16, 1, 101, 67)),
-    ("NCHW", (4, 2, 129, 131)),
-    ("NCHW", (4, 300, 9, 11)),
-    ("NCHW", (16, 40, 13, 15)),        # runs of 195: too long for columns, summed run by run
-    ("NCHW", (50001, 3)),
-    ("NCHW", (2, 3, 9, 61, 47)),
-    ("NHWC", (8, 20, 18, 24)),
-    ("NHWC", (4, 8, 5, 600)),
-    ("NHWC", (2, 1, 40003)),
-    ("NHWC", (3, 1, 1, 33333)),
-    ("NHWC", (70001, 1)),
-    ("NHWC", (40000, 3)),
-    ("NHWC", (2, 5, 9, 61, 47)),
-]
 
 
 @pytest.fixture(autouse=True)
@@ -62,12 +41,7 @@ def _train_all(x, w, b, rm, rv, layout, n):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", THREAD_CASES, ids=case_id)
 def test_bit_identical_for_every_thread_count(rng, many_threads, case, dtype):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=0.3)
-    dy = make_x(rng, shape, dtype, layout)
-    w, b = make_params(rng, C, dtype)
-    rm, rv = make_running(rng, C, dtype)
+    layout, shape, C, x, dy, w, b, rm, rv = case_arrays(rng, case, dtype, loc=0.3)
     rm2, rv2 = make_running(rng, C, dtype)
 
     base_train = _train_all(x, w, b, rm, rv, layout, 1)
@@ -220,12 +194,7 @@ def test_concurrent_calls_from_python_threads(rng, layout):
                                   ("NHWC", (9, 37, 41, 50))], ids=case_id)
 def test_bit_identical_many_threads(rng, many_threads, case, dtype):
     """Arrays big enough for a dozen threads: 1, 7 and 16 threads agree bit for bit."""
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=2.0)
-    dy = make_x(rng, shape, dtype, layout)
-    w, b = make_params(rng, C, dtype)
-    rm, rv = make_running(rng, C, dtype)
+    layout, shape, C, x, dy, w, b, rm, rv = case_arrays(rng, case, dtype, loc=2.0)
     results = []
     for n in (1, 7, 16):
         y, m, s, rm_n, rv_n = _train_all(x, w, b, rm, rv, layout, n)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import cbn
-from conftest import (DTYPES, assert_close, case_id, make_params, make_running, make_x,
-                      n_channels)
+from conftest import DTYPES, assert_close, case_arrays, case_id
 
 torch = pytest.importorskip("torch")
 
@@ -50,12 +49,7 @@ def _tol(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_training_forward_and_backward(rng, case, dtype, affine):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout, loc=0.5)
-    dy = make_x(rng, shape, dtype, layout)
-    w, b = make_params(rng, C, dtype, affine)
-    rm, rv = make_running(rng, C, dtype)
+    layout, shape, C, x, dy, w, b, rm, rv = case_arrays(rng, case, dtype, affine, loc=0.5)
     momentum, eps = 0.2, 1e-4
     trm, trv = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
     tw = None if w is None else torch.from_numpy(w)
@@ -87,11 +81,7 @@ def test_training_forward_and_backward(rng, case, dtype, affine):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_autograd_gradients(rng, case, dtype):
     """Gradients from torch autograd through F.batch_norm (training mode) agree as well."""
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    dy = make_x(rng, shape, dtype, layout)
-    w, b = make_params(rng, C, dtype)
+    layout, shape, C, x, dy, w, b, _, _ = case_arrays(rng, case, dtype)
     tx = _to_torch(x, layout).clone().requires_grad_(True)
     tw = torch.from_numpy(w.copy()).requires_grad_(True)
     tb = torch.from_numpy(b.copy()).requires_grad_(True)
@@ -111,11 +101,7 @@ def test_autograd_gradients(rng, case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_eval_mode(rng, case, dtype, affine):
-    layout, shape = case
-    C = n_channels(shape, layout)
-    x = make_x(rng, shape, dtype, layout)
-    w, b = make_params(rng, C, dtype, affine)
-    rm, rv = make_running(rng, C, dtype)
+    layout, shape, C, x, _, w, b, rm, rv = case_arrays(rng, case, dtype, affine)
     ty = torch.nn.functional.batch_norm(
         _to_torch(x, layout), torch.from_numpy(rm), torch.from_numpy(rv),
         None if w is None else torch.from_numpy(w), None if b is None else torch.from_numpy(b),

@@ -18,19 +18,26 @@ from . import _core
 # Outputs at least this large get a placement of their own (smaller ones live in cache, where
 # neither effect is worth an extra allocation).
 APART_MIN_BYTES = 1 << 18
-_PAGE = 4096
+PAGE = 4096
 _LINE = 64
 
 
 def _farthest_line(offsets):
     """The line-aligned offset within a page farthest (circularly) from every given offset."""
-    points = sorted(o % _PAGE for o in offsets)
+    points = sorted(o % PAGE for o in offsets)
     best, best_gap = 0, -1
     for i, start in enumerate(points):
-        end = points[i + 1] if i + 1 < len(points) else points[0] + _PAGE
+        end = points[i + 1] if i + 1 < len(points) else points[0] + PAGE
         if end - start > best_gap:
             best, best_gap = start + (end - start) // 2, end - start
-    return best // _LINE * _LINE % _PAGE
+    return best // _LINE * _LINE % PAGE
+
+
+def at_page_offset(raw, page_offset, nbytes):
+    """The `nbytes` bytes of `raw` (a uint8 array of at least nbytes + PAGE) that start
+    `page_offset` bytes into a 4 KiB page."""
+    start = (page_offset - _core.address(raw)) % PAGE
+    return raw[start:start + nbytes]
 
 
 def empty_apart(shape, dtype, *inputs):
@@ -41,9 +48,8 @@ def empty_apart(shape, dtype, *inputs):
     addresses = [_core.address(a) for a in inputs if a is not None]
     if not addresses or nbytes < APART_MIN_BYTES:
         return np.empty(shape, dtype)
-    buf = np.empty(nbytes + _PAGE, np.uint8)
-    shift = (_farthest_line(addresses) - _core.address(buf)) % _PAGE
-    return buf[shift:shift + nbytes].view(dtype).reshape(shape)
+    buf = np.empty(nbytes + PAGE, np.uint8)
+    return at_page_offset(buf, _farthest_line(addresses), nbytes).view(dtype).reshape(shape)
 
 
 def release_memory():

@@ -3,7 +3,7 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
-from ._threads import _resolve
+from ._layout import canonical_view
 
 # Argument names of the arrays each function checks for overlaps, in v.refuse_overlaps' order:
 # the buffers it writes (out first), then the per-channel arrays it reads, then x (and the
@@ -29,8 +29,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
                      momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
                      activation=None, residual=None, out=None, n_threads=None):
     x = v.float_array(x, "x")
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
     weight = v.channel_param(weight, "weight", C, dtype)
     bias = v.channel_param(bias, "bias", C, dtype)
@@ -40,12 +39,8 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     unbiased_running_var = v.flag(unbiased_running_var, "unbiased_running_var")
     relu = v.relu(activation)
     residual = v.residual_input(residual, x)
-    v.enough_values(x.shape, N, S)
-    y = v.output(out, x.shape, dtype, like=(x, residual))
-    n_threads = _resolve(n_threads)
-    x = v.contiguous_input(x, y)
-    if residual is not None:
-        residual = v.contiguous_input(residual, y)
+    v.enough_values(N * S, x.shape)
+    y, x, residual, n_threads = v.forward_arrays(x, residual, out, n_threads)
     if out is not None or running_mean is not None:
         v.refuse_overlaps(_TRAIN_BUFFERS, (out, running_mean, running_var, weight, bias, x,
                                            residual), 3, 5)
@@ -146,8 +141,7 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
 def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", y=None,
                         activation=None, residual=False, out=None, n_threads=None):
     dy, x = v.gradient_and_input(dy, x)
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
     if save_mean is None or save_invstd is None:
         raise ValueError("save_mean and save_invstd (returned by batch_norm_train) are required")
@@ -155,9 +149,7 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     save_invstd = v.channel_param(save_invstd, "save_invstd", C, dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
     y = v.relu_output(y, activation, x)
-    dx, d_residual = _gradient_outputs(out, residual, x, dy, y)
-    n_threads = _resolve(n_threads)
-    x, dy, y = _backward_inputs(x, dy, y, dx)
+    dx, d_residual, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads, residual)
     if out is not None:
         v.refuse_overlaps(_BACKWARD_BUFFERS, (dx, save_mean, save_invstd, weight), 1, 4)
     dweight = np.empty(C, dtype)
@@ -165,23 +157,6 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias,
                                   N, C, S, cl, n_threads, d_residual))
     return _gradients(dx, dweight, dbias, d_residual)
-
-
-def _gradient_outputs(out, residual, x, dy, y):
-    """dx (`out` or new) and, when the forward added a residual, a new array for its gradient."""
-    residual = v.flag(residual, "residual")
-    dx = v.output(out, x.shape, x.dtype, like=(x, dy, y))
-    d_residual = v.output(None, x.shape, x.dtype, like=(x, dy, y, dx)) if residual else None
-    return dx, d_residual
-
-
-def _backward_inputs(x, dy, y, dx):
-    """x, dy and y (or None) as contiguous arrays, copied where they overlap dx without being it."""
-    x = v.contiguous_input(x, dx)
-    dy = v.contiguous_input(dy, dx)
-    if y is not None:
-        y = v.contiguous_input(y, dx)
-    return x, dy, y
 
 
 def _gradients(dx, dweight, dbias, d_residual):
@@ -235,8 +210,7 @@ batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect t
 def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
                      layout="NCHW", activation=None, residual=None, out=None, n_threads=None):
     x = v.float_array(x, "x")
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm_infer needs running_mean and running_var, got None")
@@ -247,11 +221,7 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
     eps = v.eps_value(eps)
     relu = v.relu(activation)
     residual = v.residual_input(residual, x)
-    y = v.output(out, x.shape, dtype, like=(x, residual))
-    n_threads = _resolve(n_threads)
-    x = v.contiguous_input(x, y)
-    if residual is not None:
-        residual = v.contiguous_input(residual, y)
+    y, x, residual, n_threads = v.forward_arrays(x, residual, out, n_threads)
     if out is not None:
         v.refuse_overlaps(_INFER_BUFFERS, (y, running_mean, running_var, weight, bias), 1, 5)
     v.check_status(_core.infer(x, y, N, C, S, cl, running_mean, running_var, weight, bias, eps,
@@ -294,8 +264,7 @@ def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, 
                               layout="NCHW", y=None, activation=None, residual=False, out=None,
                               n_threads=None):
     dy, x = v.gradient_and_input(dy, x)
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm_infer_backward needs running_mean and running_var, got None")
@@ -304,9 +273,7 @@ def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, 
     weight = v.channel_param(weight, "weight", C, dtype)
     eps = v.eps_value(eps)
     y = v.relu_output(y, activation, x)
-    dx, d_residual = _gradient_outputs(out, residual, x, dy, y)
-    n_threads = _resolve(n_threads)
-    x, dy, y = _backward_inputs(x, dy, y, dx)
+    dx, d_residual, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads, residual)
     if out is not None:
         v.refuse_overlaps(_INFER_BACKWARD_BUFFERS, (dx, running_mean, running_var, weight), 1, 4)
     dweight = np.empty(C, dtype)
@@ -391,7 +358,7 @@ def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5
         running_mean = np.asarray(running_mean)
     if running_mean.ndim != 1:
         raise ValueError(f"running_mean must be 1-D (C,), got shape {running_mean.shape}")
-    dtype = running_mean.dtype if running_mean.dtype in v._FLOAT_DTYPES else np.dtype(np.float64)
+    dtype = running_mean.dtype if running_mean.dtype in v.FLOAT_DTYPES else v.F64
     C = running_mean.shape[0]
     running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
     running_var = v.channel_param(running_var, "running_var", C, dtype)

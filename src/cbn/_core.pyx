@@ -18,6 +18,23 @@ cdef extern from "thread_limit.h" nogil:
     int cbn_thread_limit(int requested)
 
 
+cdef extern from "plan.h" nogil:
+    ctypedef struct cbn_plan:
+        int channels_last
+        int columns
+        int64_t n_chunks, n_row_blocks, n_col_tiles, n_units
+        int n_threads
+    ctypedef enum cbn_path_op:
+        CBN_PATH_TRAIN, CBN_PATH_BACKWARD, CBN_PATH_INFER
+    ctypedef struct cbn_path:
+        cbn_plan plan
+        int stream, cf_groups, cf_apply_only, cl_whole_tiles
+    void cbn_plan_path_f32(cbn_path *path, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                           int n_threads, cbn_path_op op)
+    void cbn_plan_path_f64(cbn_path *path, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                           int n_threads, cbn_path_op op)
+
+
 cdef inline void *_ptr(object a):
     """Data pointer of an ndarray, NULL for None."""
     if a is None:
@@ -155,6 +172,33 @@ def thread_limit(int requested):
     """requested clamped as every kernel call clamps it (CPUs offered, OMP_THREAD_LIMIT; 1 in
     a forked child)."""
     return cbn_thread_limit(requested)
+
+
+_PATH_OPS = {"train": CBN_PATH_TRAIN, "backward": CBN_PATH_BACKWARD, "infer": CBN_PATH_INFER}
+
+
+def plan_path(int64_t N, int64_t C, int64_t S, bint channels_last, bint f32, str op,
+              int n_threads):
+    """The path a kernel call of `op` ("train", "backward" or "infer", no residual) takes on
+    this canonical view, as a dict (for the tests that check each test case reaches its path):
+    path ("cf-ranges", "cf-groups", "cf-columns", "cf-apply", "cl-blocks", "cl-whole-tiles"),
+    stream (streaming stores), n_threads, and the plan's counts."""
+    cdef cbn_path p
+    if f32:
+        cbn_plan_path_f32(&p, N, C, S, _layout(channels_last), n_threads, _PATH_OPS[op])
+    else:
+        cbn_plan_path_f64(&p, N, C, S, _layout(channels_last), n_threads, _PATH_OPS[op])
+    if p.plan.channels_last:
+        path = "cl-whole-tiles" if p.cl_whole_tiles else "cl-blocks"
+    elif p.cf_apply_only:
+        path = "cf-apply"
+    elif p.plan.columns:
+        path = "cf-columns"
+    else:
+        path = "cf-groups" if p.cf_groups else "cf-ranges"
+    return {"path": path, "stream": bool(p.stream), "n_threads": p.plan.n_threads,
+            "n_chunks": p.plan.n_chunks, "n_row_blocks": p.plan.n_row_blocks,
+            "n_col_tiles": p.plan.n_col_tiles, "n_units": p.plan.n_units}
 
 
 def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, weight, bias,

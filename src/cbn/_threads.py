@@ -16,7 +16,7 @@ _default_threads = None  # set by set_num_threads; None -> the OpenMP default
 _MOST_THREADS = 1 << 16
 
 
-def _resolve(n_threads):
+def resolve_threads(n_threads):
     """Turn a user's n_threads into a count >= 1.
 
     None -> the value of set_num_threads, else OpenMP's default for the calling thread (honours
@@ -52,13 +52,13 @@ def set_num_threads(n):
         to the OpenMP default. Calls use at most the CPUs available to the process.
     """
     global _default_threads
-    _default_threads = None if n is None else _resolve(n)
+    _default_threads = None if n is None else resolve_threads(n)
 
 
 def get_num_threads():
     """Most threads a call with ``n_threads=None`` would use now: the requested count clamped
     to the CPUs available to the process and OMP_THREAD_LIMIT, 1 in a forked child."""
-    return _core.thread_limit(_resolve(None))
+    return _core.thread_limit(resolve_threads(None))
 
 
 def openmp_enabled():

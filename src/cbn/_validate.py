@@ -1,7 +1,9 @@
-"""Argument checks shared by the public functions. Every error message of cbn lives here.
+"""Argument checks shared by the public functions, and the preamble they share: an input and
+its canonical view, outputs, threads, and the inputs as the kernels read them.
 
-Each helper raises TypeError for a wrong dtype and ValueError for a wrong shape or value,
-naming what was expected and what was given, before any output is written.
+Each check raises TypeError for a wrong dtype and ValueError for a wrong shape or value,
+naming what was expected and what was given, before any output is written. (Checks that
+belong to one function only, such as the layer's state_dict keys, stay with that function.)
 """
 import math
 import numbers
@@ -10,9 +12,11 @@ import numpy as np
 
 from . import _core
 from ._alloc import empty_apart
+from ._threads import resolve_threads
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_LAYOUTS = {"NCHW": False, "channels_first": False, "NHWC": True, "channels_last": True}
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# statistics (means, sums, M2) are accumulated and exchanged in float64
+F64 = np.dtype(np.float64)
 
 
 def refuse_masked(a, name):
@@ -27,28 +31,18 @@ def float_array(a, name):
     if a.__class__ is not np.ndarray:
         refuse_masked(a, name)
         a = np.asarray(a)
-    if a.dtype not in _FLOAT_DTYPES:
+    if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     return a
 
 
-def channels_last(layout):
-    """True for a channels-last layout name, False for channels-first."""
-    try:
-        return _LAYOUTS[layout]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"layout must be one of {sorted(_LAYOUTS)}, got {layout!r}") from None
-
-
-def canonical_dims(shape, is_channels_last, name="x"):
-    """(N, C, S) of the canonical view: S is the product of the spatial dims."""
-    if len(shape) < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (N, C, ...), got shape {shape}")
-    if is_channels_last:
-        return shape[0], shape[-1], math.prod(shape[1:-1])
-    return shape[0], shape[1], math.prod(shape[2:])
+def gradient_and_input(dy, x):
+    """(dy, x) as float arrays of one dtype and one shape."""
+    x = float_array(x, "x")
+    dy = float_array(dy, "dy")
+    same_dtype(dy, "dy", x, "x")
+    same_shape(dy, "dy", x, "x")
+    return dy, x
 
 
 # array_flags bits
@@ -126,14 +120,6 @@ def writable_buffer(a, name, shape, dtype):
     return a
 
 
-def output(out, shape, dtype, name="out", like=()):
-    """The array to write results into: `out` checked, or a new one placed apart from the
-    arrays in `like` (see _alloc)."""
-    if out is None:
-        return empty_apart(shape, dtype, *like)
-    return writable_buffer(out, name, shape, dtype)
-
-
 def running_stats(running_mean, running_var, C, dtype):
     """Both running buffers checked as writable (C,) arrays, or both None."""
     if running_mean is None and running_var is None:
@@ -187,12 +173,14 @@ def flag(value, name):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
-def enough_values(shape, N, S):
-    """Training needs 2+ values per channel; an empty batch (0 values) is allowed (PyTorch)."""
-    if N * S == 1:
-        raise ValueError(
-            "Expected more than 1 value per channel when training, "
-            f"got input of shape {shape} ({N * S} value(s) per channel)")
+def enough_values(count, shape, n_ranks=None):
+    """Training needs 2+ values per channel; an empty batch (0 values) is allowed (PyTorch).
+    count: values per channel of x (of `shape`) or, with n_ranks, over that many processes."""
+    if count == 1:
+        got = (f"input of shape {shape} ({count} value(s) per channel)" if n_ranks is None else
+               f"{count} value(s) per channel over the {n_ranks} rank(s) of comm (this rank's "
+               f"input has shape {shape})")
+        raise ValueError(f"Expected more than 1 value per channel when training, got {got}")
 
 
 def same_shape(a, a_name, b, b_name):
@@ -203,15 +191,6 @@ def same_shape(a, a_name, b, b_name):
 def same_dtype(a, a_name, b, b_name):
     if a.dtype != b.dtype:
         raise TypeError(f"{a_name} must have the dtype of {b_name} ({b.dtype}), got {a.dtype}")
-
-
-def gradient_and_input(dy, x):
-    """(dy, x) as float arrays of one dtype and one shape."""
-    x = float_array(x, "x")
-    dy = float_array(dy, "dy")
-    same_dtype(dy, "dy", x, "x")
-    same_shape(dy, "dy", x, "x")
-    return dy, x
 
 
 def residual_input(residual, x):
@@ -235,6 +214,43 @@ def relu_output(y, activation, x):
     same_dtype(y, "y", x, "x")
     same_shape(y, "y", x, "x")
     return y
+
+
+def forward_arrays(x, residual, out, n_threads):
+    """(y, x, residual, n_threads) for a call that writes y from x (and a residual or None):
+    y is `out` checked or a new array placed apart from the inputs (_alloc.empty_apart),
+    n_threads resolved, x and the residual contiguous, copied where they overlap y without
+    being it."""
+    y = (empty_apart(x.shape, x.dtype, x, residual) if out is None
+         else writable_buffer(out, "out", x.shape, x.dtype))
+    n_threads = resolve_threads(n_threads)
+    x = contiguous_input(x, y)
+    if residual is not None:
+        residual = contiguous_input(residual, y)
+    return y, x, residual, n_threads
+
+
+def gradient_arrays(dy, x, y, out, n_threads, residual=False):
+    """(dx, d_residual, x, dy, y, n_threads) for a call that writes dx from dy, x (and the
+    forward's output y, or None): dx is `out` checked or a new array, d_residual a new array
+    when the forward added a residual (the bool `residual`; else None), n_threads resolved, x,
+    dy and y contiguous, copied where they overlap dx without being it."""
+    residual = flag(residual, "residual")
+    dx = (empty_apart(x.shape, x.dtype, x, dy, y) if out is None
+          else writable_buffer(out, "out", x.shape, x.dtype))
+    d_res = empty_apart(x.shape, x.dtype, x, dy, y, dx) if residual else None
+    n_threads = resolve_threads(n_threads)
+    x, dy, y = gradient_inputs(x, dy, y, dx)
+    return dx, d_res, x, dy, y, n_threads
+
+
+def gradient_inputs(x, dy, y, dx=None):
+    """x, dy and y (or None) as contiguous arrays, copied where they overlap dx without being it."""
+    x = contiguous_input(x, dx)
+    dy = contiguous_input(dy, dx)
+    if y is not None:
+        y = contiguous_input(y, dx)
+    return x, dy, y
 
 
 def check_status(rc):

@@ -38,11 +38,10 @@ except RuntimeError as exc:  # mpi4py present but no loadable MPI library / MPI_
 
 from . import split
 from . import _validate as v
-from .layer import BatchNorm, _check_input
+from ._validate import F64 as _F64
+from .layer import BatchNorm, checked_input
 
 __all__ = ["SyncBatchNorm"]
-
-_F64 = np.dtype(np.float64)
 
 
 class SyncBatchNorm(BatchNorm):
@@ -128,7 +127,7 @@ class SyncBatchNorm(BatchNorm):
         mine = np.zeros(1 + 2 * C, _F64)
         error = None
         try:
-            x = _check_input(self, x)
+            x = checked_input(self, x)
             count, mean, m2 = split.batch_stats(x, layout=self.layout, n_threads=self.n_threads)
             mine[0] = count
             mine[1:1 + C] = mean
@@ -145,11 +144,7 @@ class SyncBatchNorm(BatchNorm):
 
         # every rank combines the same gathered bits in rank order: identical results
         count, mean, m2 = split.combine_stats(parts[:, 0], parts[:, 1:1 + C], parts[:, 1 + C:])
-        if count == 1:
-            raise ValueError(
-                "Expected more than 1 value per channel when training, got "
-                f"{int(count)} value(s) per channel over the {comm.Get_size()} rank(s) of comm "
-                f"(this rank's input has shape {x.shape})")
+        v.enough_values(int(count), x.shape, comm.Get_size())
         # an empty batch on every rank has mean 0 and variance 0 (as in batch_norm_train)
         var = m2 / count if count > 0 else m2
         with np.errstate(divide="ignore"):

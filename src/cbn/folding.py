@@ -1,4 +1,4 @@
-"""Fold a frozen batch norm into the layer before it (the lecture notes' BN(FC(x)) derivation).
+"""Fold a frozen batch norm into the layer before it (BN(FC(x)) = FC'(x)).
 
 In eval mode ``BN(z) = z * scale + shift`` per channel, with ``scale, shift =
 fold_scale_shift(running_mean, running_var, weight, bias, eps)``. For a layer

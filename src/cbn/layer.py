@@ -6,7 +6,8 @@ import numpy as np
 
 from . import _api
 from . import _validate as v
-from ._threads import _resolve
+from ._layout import canonical_view, is_channels_last
+from ._threads import resolve_threads
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -89,9 +90,9 @@ class BatchNorm:
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
         dtype = np.dtype(dtype)
-        if dtype not in v._FLOAT_DTYPES:
+        if dtype not in v.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        v.channels_last(layout)
+        is_channels_last(layout)
         v.relu(activation)
         self.num_features = C = int(num_features)
         self.eps = v.eps_value(eps)
@@ -101,7 +102,7 @@ class BatchNorm:
         self.layout = layout
         self.dtype = dtype
         self.activation = activation
-        _resolve(n_threads)          # a bad count fails here, not at the first forward
+        resolve_threads(n_threads)  # a bad count fails here, not at the first forward
         self.n_threads = n_threads
         self.weight = np.empty(C, dtype) if self.affine else None
         self.bias = np.empty(C, dtype) if self.affine and bias else None
@@ -156,7 +157,7 @@ class BatchNorm:
         ``weight``. Do not modify ``x`` (or ``y``) in place before ``backward``; pass
         ``x.copy()`` if you must.
         """
-        x = _check_input(self, x)
+        x = checked_input(self, x)
         if not self.training and self.track_running_stats:
             y = _api.batch_norm_infer(x, self.running_mean, self.running_var, self.weight,
                                       self.bias, eps=self.eps, layout=self.layout,
@@ -296,13 +297,13 @@ class BatchNorm3d(BatchNorm):
     _input_ranks = (5,)
 
 
-def _check_input(layer, x):
+def checked_input(layer, x):
     """x as an ndarray of the layer's dtype with num_features channels in its layout."""
     x = v.float_array(x, "x")
     layer._check_input_dim(x)
     if x.dtype != layer.dtype:
         raise TypeError(f"x must have the layer's dtype {layer.dtype}, got {x.dtype}")
-    N, C, S = v.canonical_dims(x.shape, v.channels_last(layer.layout))
+    _, N, C, S = canonical_view(x.shape, layer.layout)
     if C != layer.num_features:
         raise ValueError(f"x must have {layer.num_features} channels (num_features) on the "
                          f"channel axis of layout {layer.layout!r}, got shape {x.shape}")

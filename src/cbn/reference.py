@@ -1,4 +1,4 @@
-"""Readable float64 NumPy reference of cbn's batch normalization (the lecture-note formulas).
+"""Readable float64 NumPy reference of cbn's batch normalization (the textbook formulas).
 
 Every function mirrors the public function of the same name (same argument names), computes in
 float64 whatever the input dtype, and never modifies its inputs. Tests and benchmarks compare the
@@ -38,11 +38,10 @@ last axis; any ndim >= 2.
 """
 import numpy as np
 
+from ._layout import canonical_view, channel_axis
+
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_infer",
            "batch_norm_infer_backward", "fold_scale_shift"]
-
-_CHANNEL_AXIS = {"NCHW": 1, "channels_first": 1, "NHWC": -1, "channels_last": -1}
-
 
 def _as(a, dtype):
     return None if a is None else np.asarray(a, dtype=dtype)
@@ -50,11 +49,8 @@ def _as(a, dtype):
 
 def _geometry(x, layout):
     """(reduction axes, per-channel broadcast shape, C, M) for x in `layout`."""
-    if layout not in _CHANNEL_AXIS:
-        raise ValueError(f"layout must be one of {sorted(_CHANNEL_AXIS)}, got {layout!r}")
-    if x.ndim < 2:
-        raise ValueError(f"x must have at least 2 dimensions, got shape {x.shape}")
-    axis = _CHANNEL_AXIS[layout] % x.ndim
+    canonical_view(x.shape, layout)   # ValueError for a bad layout or rank
+    axis = channel_axis(layout, x.ndim)
     C = x.shape[axis]
     axes = tuple(i for i in range(x.ndim) if i != axis)
     bshape = [1] * x.ndim

@@ -20,9 +20,9 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
-from ._threads import _resolve
-
-_F64 = np.dtype(np.float64)
+from ._layout import canonical_view
+from ._threads import resolve_threads
+from ._validate import F64 as _F64
 # Argument names for v.refuse_overlaps: the output, then the per-channel arrays read.
 _NORMALIZE_BUFFERS = ("out", "mean", "invstd", "weight", "bias")
 _DX_BUFFERS = ("out", "mean", "invstd", "weight", "sum_dy", "sum_dy_xmu", "sum_xmu")
@@ -43,9 +43,8 @@ def batch_stats(x, *, layout="NCHW", n_threads=None):
     mean, m2 : ndarray of float64, shape (C,)
     """
     x = v.float_array(x, "x")
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
-    n_threads = _resolve(n_threads)
+    cl, N, C, S = canonical_view(x.shape, layout)
+    n_threads = resolve_threads(n_threads)
     x = v.contiguous_input(x)
     mean = np.empty(C, _F64)
     m2 = np.empty(C, _F64)
@@ -99,16 +98,13 @@ def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCH
     x's dtype. ``activation="relu"`` clamps at 0 in the same pass; ``out=x`` works in place.
     """
     x = v.float_array(x, "x")
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
     mean = _stats_array(mean, "mean", C)
     invstd = _stats_array(invstd, "invstd", C)
     weight = v.channel_param(weight, "weight", C, x.dtype)
     bias = v.channel_param(bias, "bias", C, x.dtype)
     relu = v.relu(activation)
-    y = v.output(out, x.shape, x.dtype, like=(x,))
-    n_threads = _resolve(n_threads)
-    x = v.contiguous_input(x, y)
+    y, x, _, n_threads = v.forward_arrays(x, None, out, n_threads)
     if out is not None:
         v.refuse_overlaps(_NORMALIZE_BUFFERS, (y, mean, invstd, weight, bias), 1, 5)
     v.check_status(_core.normalize(x, y, N, C, S, cl, mean, invstd, weight, bias, relu,
@@ -131,16 +127,13 @@ def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="
     sum_dy, sum_dy_xmu, sum_xmu : ndarray of float64, shape (C,)
     """
     dy, x = v.gradient_and_input(dy, x)
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
     mean = v.channel_param(mean, "mean", C, x.dtype)
     if mean is None:
         raise ValueError("mean (the forward's save_mean) is required")
     y = v.relu_output(y, activation, x)
-    n_threads = _resolve(n_threads)
-    x, dy = v.contiguous_input(x), v.contiguous_input(dy)
-    if y is not None:
-        y = v.contiguous_input(y)
+    n_threads = resolve_threads(n_threads)
+    x, dy, y = v.gradient_inputs(x, dy, y)
     sum_dy = np.empty(C, _F64)
     sum_dy_xmu = np.empty(C, _F64)
     sum_xmu = np.empty(C, _F64)
@@ -168,8 +161,7 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, sum_xmu, cou
     and save_invstd (cast to x's dtype); ``out=dy`` works in place.
     """
     dy, x = v.gradient_and_input(dy, x)
-    cl = v.channels_last(layout)
-    N, C, S = v.canonical_dims(x.shape, cl)
+    cl, N, C, S = canonical_view(x.shape, layout)
     if mean is None or invstd is None:
         raise ValueError("mean and invstd (the forward's save_mean, save_invstd) are required")
     mean = v.channel_param(mean, "mean", C, x.dtype)
@@ -180,11 +172,7 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, sum_xmu, cou
     sum_xmu = _stats_array(sum_xmu, "sum_xmu", C)
     count = _count_value(count)
     y = v.relu_output(y, activation, x)
-    dx = v.output(out, x.shape, x.dtype, like=(x, dy, y))
-    n_threads = _resolve(n_threads)
-    x, dy = v.contiguous_input(x, dx), v.contiguous_input(dy, dx)
-    if y is not None:
-        y = v.contiguous_input(y, dx)
+    dx, _, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads)
     if out is not None:
         v.refuse_overlaps(_DX_BUFFERS, (dx, mean, invstd, weight, sum_dy, sum_dy_xmu, sum_xmu),
                           1, 7)

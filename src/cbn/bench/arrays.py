@@ -7,9 +7,8 @@ on purpose (`empty_at`, `PlacedBuffer`).
 import numpy as np
 
 from .. import reference
+from .._alloc import PAGE, at_page_offset
 from .cases import EPS, channel_count
-
-PAGE = 4096
 
 
 def settle_allocator():
@@ -88,8 +87,8 @@ class PlacedBuffer:
         if page_offset % self.dtype.itemsize:
             raise ValueError(f"page offset {page_offset} is not a multiple of the itemsize "
                              f"{self.dtype.itemsize}")
-        start = (page_offset - self.raw.ctypes.data) % PAGE
-        return self.bytes[start:start + self.nbytes].view(self.dtype).reshape(self.shape)
+        return at_page_offset(self.bytes, page_offset, self.nbytes).view(self.dtype).reshape(
+            self.shape)
 
 
 def page_offset(a):

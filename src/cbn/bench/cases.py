@@ -1,6 +1,8 @@
 """What the benchmark measures: ops, layouts, shapes, and the bytes each op must move."""
 import argparse
 
+from .._layout import channel_axis, is_channels_last
+
 # train_residual: training forward with a fused residual add and ReLU, y = relu(bn(x) + r) (the
 # end of a ResNet block; r is the inputs' dy array); infer_backward: backward through frozen
 # statistics (fine-tuning with frozen batch norm).
@@ -22,7 +24,7 @@ DEFAULT_SHAPES = [
 ]
 # The alignment sweep's default: mid-size, cache-resident on a 32 MB L3 (25.7 MB float32).
 SWEEP_SHAPES = [(32, 64, 56, 56)]
-# The contention check of --busy: issue 11's training case.
+# The contention check of --busy: a mid-size training case (ResNet's first stage, batch 32).
 CONTENTION_SHAPE = (32, 64, 56, 56)
 
 # Bytes that must cross memory, in units of x.nbytes: train and infer read x and write y,
@@ -37,10 +39,6 @@ COPY_TARGETS = {"train": 1.3, "backward": 2.0, "infer": 1.1, "train_residual": 1
 ALIGN_TARGET = 1.25
 
 
-def is_channels_last(layout):
-    return layout in ("NHWC", "channels_last")
-
-
 def layout_shape(shape_nchw, layout):
     """The array shape for `layout` of a shape given in NCHW order."""
     shape = tuple(int(s) for s in shape_nchw)
@@ -50,7 +48,7 @@ def layout_shape(shape_nchw, layout):
 
 
 def channel_count(shape, layout):
-    return shape[-1] if is_channels_last(layout) else shape[1]
+    return shape[channel_axis(layout, len(shape))]
 
 
 def shape_str(shape):

@@ -9,14 +9,14 @@ running variance), which `tests/test_bench.py` checks bit for bit.
 import numpy as np
 
 from .. import _core
-from .cases import EPS, MOMENTUM, channel_count, is_channels_last
+from .._layout import canonical_view
+from .cases import EPS, MOMENTUM
 
 
 def _dims(x, layout):
     """(N, C, S, channels_last) of x: the kernels' canonical view."""
-    C = channel_count(x.shape, layout)
-    N = x.shape[0]
-    return N, C, x.size // (N * C), is_channels_last(layout)
+    cl, N, C, S = canonical_view(x.shape, layout)
+    return N, C, S, cl
 
 
 def _checked(call):
@@ -27,16 +27,17 @@ def _checked(call):
     return call
 
 
-def train_call(inputs, out, n_threads):
-    """cbn_train_forward: y into `out`, running statistics updated in copies, saved stats."""
+def train_call(inputs, out, n_threads, residual=None):
+    """cbn_train_forward: y into `out`, running statistics updated in copies, saved stats;
+    with a residual, cbn_train_forward_residual with a fused ReLU."""
     x, layout = inputs["x"], inputs["layout"]
     N, C, S, last = _dims(x, layout)
     w, b = inputs["weight"], inputs["bias"]
     rm, rv = inputs["running_mean"].copy(), inputs["running_var"].copy()
     save_mean, save_invstd = np.empty(C, x.dtype), np.empty(C, x.dtype)
     return _checked(lambda: _core.train_forward(
-        x, out, N, C, S, last, w, b, rm, rv, MOMENTUM, EPS, True, save_mean, save_invstd, False,
-        n_threads))
+        x, out, N, C, S, last, w, b, rm, rv, MOMENTUM, EPS, True, save_mean, save_invstd,
+        residual is not None, n_threads, residual))
 
 
 def backward_call(inputs, out, n_threads):
@@ -60,14 +61,7 @@ def infer_call(inputs, out, n_threads):
 
 def train_residual_call(inputs, out, n_threads):
     """cbn_train_forward_residual: y = relu(bn(x) + dy) into `out` (dy as the residual)."""
-    x, layout = inputs["x"], inputs["layout"]
-    N, C, S, last = _dims(x, layout)
-    w, b = inputs["weight"], inputs["bias"]
-    rm, rv = inputs["running_mean"].copy(), inputs["running_var"].copy()
-    save_mean, save_invstd = np.empty(C, x.dtype), np.empty(C, x.dtype)
-    return _checked(lambda: _core.train_forward(
-        x, out, N, C, S, last, w, b, rm, rv, MOMENTUM, EPS, True, save_mean, save_invstd, True,
-        n_threads, inputs["dy"]))
+    return train_call(inputs, out, n_threads, inputs["dy"])
 
 
 def infer_backward_call(inputs, out, n_threads):

@@ -14,7 +14,8 @@ express the case.
 """
 import numpy as np
 
-from .cases import EPS, MOMENTUM, channel_count, is_channels_last
+from .._layout import channel_axis, is_channels_last
+from .cases import EPS, MOMENTUM, channel_count
 
 
 def available(impl):
@@ -60,7 +61,7 @@ def _jax(op, inputs):
         jax.config.update("jax_enable_x64", True)
     layout = inputs["layout"]
     ndim = inputs["x"].ndim
-    axis = ndim - 1 if is_channels_last(layout) else 1
+    axis = channel_axis(layout, ndim)
     axes = tuple(i for i in range(ndim) if i != axis)
     bshape = tuple(-1 if i == axis else 1 for i in range(ndim))
     M = inputs["x"].size // channel_count(inputs["x"].shape, layout)

@@ -19,7 +19,8 @@ import numpy as np
 import cbn
 from .. import reference
 from . import _copy
-from .cases import DY_OPS, EPS, MOMENTUM, OPS, is_channels_last
+from .._layout import is_channels_last
+from .cases import DY_OPS, EPS, MOMENTUM, OPS
 
 IMPLS = ("cbn", "cbn_alloc", "numpy", "torch", "jax", "ort", "copy")
 LABELS = {"cbn": "cbn", "cbn_alloc": "alloc", "numpy": "numpy", "torch": "torch", "jax": "jax",

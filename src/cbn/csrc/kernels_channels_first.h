@@ -373,12 +373,20 @@ static void FN(cf_ranges_thread)(FN(job) *jb, int64_t t, int64_t nt)
 /* Channel groups per thread from which threads take groups at run time instead of ranges. */
 #define CF_MIN_GROUPS_PER_THREAD 4
 
+/* Whether threads take whole channel groups (cf_groups_thread) rather than ranges of chunks
+ * (cf_ranges_thread). */
+static int FN(cf_by_groups)(const FN(job) *jb)
+{
+    const int64_t group = FN(cf_group_channels)(jb);
+    return jb->plan.columns ||
+           (jb->plan.C + group - 1) / group >= CF_MIN_GROUPS_PER_THREAD * jb->plan.n_threads;
+}
+
 static void FN(cf_run_job)(FN(job) *jb)
 {
     const int nt = jb->plan.n_threads;
-    const int64_t group = FN(cf_group_channels)(jb);
     jb->next_unit = 0;
-    if (jb->plan.columns || (jb->plan.C + group - 1) / group >= CF_MIN_GROUPS_PER_THREAD * nt)
+    if (FN(cf_by_groups)(jb))
         RUN_THREADS(nt, FN(cf_groups_thread), jb);
     else
         RUN_THREADS(nt, FN(cf_ranges_thread), jb);

@@ -25,6 +25,15 @@ static int FN(check_activation)(cbn_activation activation, const T *y, int64_t n
     return n_values > 0 && !y ? CBN_ERR_ARGUMENT : CBN_OK;
 }
 
+/* The call's plan (plan.h), and whether it streams its output and prefetches its input. */
+static void FN(plan_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                         int n_threads)
+{
+    cbn_make_plan(&jb->plan, N, C, S, layout, n_threads);
+    jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
+    jb->plan.prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
+}
+
 /* Plan the call and take its scratch (scratch.h), in one block sized for what the call uses:
  * partials, training's pivots, channels-last channel sums and finalize arrays (5 per channel),
  * the coefficient arrays, and per-thread column-mode scratch. */
@@ -32,9 +41,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
                          int n_threads)
 {
     cbn_plan *p = &jb->plan;
-    cbn_make_plan(p, N, C, S, layout, n_threads);
-    jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
-    p->prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
+    FN(plan_job)(jb, N, C, S, layout, n_threads);
     const int by_tiles = p->channels_last && FN(cl_by_whole_tiles)(jb);  /* stack only */
     const int reduces = !jb->apply_only && !by_tiles;
     const int64_t n_part = !reduces ? 0

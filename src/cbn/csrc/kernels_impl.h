@@ -20,6 +20,7 @@
  *   kernels_channels_last.h   channels-last phases (and the row loops the column mode reuses)
  *   kernels_channels_first.h  channels-first phases, including short runs done as columns
  *   kernels_entry.h           argument checks, plan and scratch, the public functions
+ *   kernels_plan_path.h       which path a call takes (an internal query for the tests)
  */
 #include <math.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@
 #include "kernels_channels_last.h"
 #include "kernels_channels_first.h"
 #include "kernels_entry.h"
+#include "kernels_plan_path.h"
 
 #undef CF_FOR_PIECES
 #undef CF_MIN_GROUPS_PER_THREAD

@@ -76,4 +76,23 @@ typedef struct {
 void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                    int n_threads);
 
+/* Which code path a kernel call takes (internal, for the tests that check each test case
+ * reaches the path it is meant to; not part of cbn.h). */
+typedef enum { CBN_PATH_TRAIN, CBN_PATH_BACKWARD, CBN_PATH_INFER } cbn_path_op;
+typedef struct {
+    cbn_plan plan;          /* the plan, as the call makes it */
+    int stream;             /* the output is written with streaming stores */
+    int cf_groups;          /* channels-first reduce: threads take whole channel groups (always
+                             * with columns); 0: ranges of chunks, channels cut between threads */
+    int cf_apply_only;      /* channels-first pass without a reduce (inference) */
+    int cl_whole_tiles;     /* channels-last: each column tile done whole, no separate reduce */
+} cbn_path;
+
+/* Fills *path for cbn_train_forward / cbn_backward / cbn_infer (no residual) on the given
+ * sizes and element type; the arguments are those of the kernels. */
+void cbn_plan_path_f32(cbn_path *path, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                       int n_threads, cbn_path_op op);
+void cbn_plan_path_f64(cbn_path *path, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                       int n_threads, cbn_path_op op);
+
 #endif
