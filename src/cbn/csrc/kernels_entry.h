@@ -86,6 +86,26 @@ static void FN(run_job)(FN(job) *jb)
     cbn_scratch_release(jb->partials);
 }
 
+/* A job whose fields are filled in, planned and run: the usual end of a public kernel. */
+static int FN(start_and_run_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S,
+                                 cbn_layout layout, int n_threads)
+{
+    const int rc = FN(start_job)(jb, N, C, S, layout, n_threads);
+    if (rc) return rc;
+    FN(run_job)(jb);
+    return CBN_OK;
+}
+
+/* An empty batch gives the parameters zero gradients (either pointer may be NULL). */
+static int FN(zero_gradients)(int64_t C, T *dweight, T *dbias)
+{
+    for (int64_t c = 0; c < C; c++) {
+        if (dweight) dweight[c] = 0;
+        if (dbias) dbias[c] = 0;
+    }
+    return CBN_OK;
+}
+
 /* ---- public kernels ------------------------------------------------------------------------- */
 
 int FN(cbn_train_forward_residual)(const T *x, const T *residual, T *y, int64_t N, int64_t C,
@@ -118,9 +138,7 @@ int FN(cbn_train_forward_residual)(const T *x, const T *residual, T *y, int64_t 
     jb.train.save_mean = save_mean;
     jb.train.save_invstd = save_invstd;
     jb.relu = activation == CBN_ACTIVATION_RELU;
-    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
-    FN(run_job)(&jb);
-    return CBN_OK;
+    return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
 int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
@@ -144,13 +162,7 @@ int FN(cbn_backward_residual)(const T *dy, const T *x, const T *save_mean, const
     if ((rc = FN(check_activation)(activation, y, N * C * S))) return rc;
     if (C > 0 && (!dy || !save_mean || !save_invstd)) return CBN_ERR_ARGUMENT;
     if (C == 0) return CBN_OK;
-    if (N * S == 0) {        /* empty batch: the parameters get zero gradients */
-        for (int64_t c = 0; c < C; c++) {
-            if (dweight) dweight[c] = 0;
-            if (dbias) dbias[c] = 0;
-        }
-        return CBN_OK;
-    }
+    if (N * S == 0) return FN(zero_gradients)(C, dweight, dbias);   /* empty batch */
 
     FN(job) jb;
     memset(&jb, 0, sizeof jb);
@@ -165,9 +177,7 @@ int FN(cbn_backward_residual)(const T *dy, const T *x, const T *save_mean, const
     jb.backward.dbias = dbias;
     jb.y = activation == CBN_ACTIVATION_RELU ? y : NULL;
     jb.d_residual = d_residual;
-    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
-    FN(run_job)(&jb);
-    return CBN_OK;
+    return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
 int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
@@ -192,13 +202,7 @@ int FN(cbn_infer_backward)(const T *dy, const T *x, const T *running_mean, const
     if (!(eps >= 0.0)) return CBN_ERR_ARGUMENT;
     if (C > 0 && (!dy || !running_mean || !running_var)) return CBN_ERR_ARGUMENT;
     if (C == 0) return CBN_OK;
-    if (N * S == 0) {        /* empty batch: the parameters get zero gradients */
-        for (int64_t c = 0; c < C; c++) {
-            if (dweight) dweight[c] = 0;
-            if (dbias) dbias[c] = 0;
-        }
-        return CBN_OK;
-    }
+    if (N * S == 0) return FN(zero_gradients)(C, dweight, dbias);   /* empty batch */
 
     FN(job) jb;
     memset(&jb, 0, sizeof jb);
@@ -215,9 +219,7 @@ int FN(cbn_infer_backward)(const T *dy, const T *x, const T *running_mean, const
     jb.backward.eps = eps;
     jb.backward.dweight = dweight;
     jb.backward.dbias = dbias;
-    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
-    FN(run_job)(&jb);
-    return CBN_OK;
+    return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
 int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_var,
@@ -295,9 +297,7 @@ int FN(cbn_batch_stats)(const T *x, int64_t N, int64_t C, int64_t S, cbn_layout 
     jb.x = x;
     jb.train.mean_out = mean;
     jb.train.m2_out = m2;
-    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
-    FN(run_job)(&jb);
-    return CBN_OK;
+    return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
 int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
@@ -355,9 +355,7 @@ int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
     jb.backward.sum_dy_out = sum_dy;
     jb.backward.sum_dy_xmu_out = sum_dy_xmu;
     jb.backward.sum_xmu_out = sum_xmu;
-    if ((rc = FN(start_job)(&jb, N, C, S, layout, n_threads))) return rc;
-    FN(run_job)(&jb);
-    return CBN_OK;
+    return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
 int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd, const T *weight,
