@@ -327,6 +327,7 @@ OUTLIER_CASES = [
     ("NHWC", (2, 70000, 3)),       #   channels split across chunks / row blocks and threads
     ("NCHW", (140001, 1)),         # C = 1: one contiguous run
     ("NHWC", (300, 600)),          # two column tiles, three row blocks (float64: second pass)
+    ("NHWC", (100, 600)),          # one row block: two whole tiles (float64: second pass)
     ("NCHW", (6, 3, 41)),          # small (float64: second pass; float32: one pass suffices)
     ("NHWC", (9, 3)),
     ("NCHW", (40, 5, 3)),          # channels-first runs of 3 (column mode)
