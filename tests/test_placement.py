@@ -100,8 +100,9 @@ def test_many_channels_do_not_fault_pages_in_on_every_call(rng):
         for _ in range(5):
             call()
         per_call = (minor_faults() - before) / 5
-        # ~80 bytes of scratch per channel would be ~20,000 fresh pages per call
-        assert per_call < 200, f"{name}: {per_call:.0f} page faults per call"
+        # ~80 bytes of scratch per channel would be ~20,000 fresh pages per call; the returned
+        # save_mean and save_invstd (4 MB each) may still come from fresh mappings now and then
+        assert per_call < 1000, f"{name}: {per_call:.0f} page faults per call"
 
 
 def test_release_memory_frees_the_kept_scratch_and_calls_still_work(rng):
