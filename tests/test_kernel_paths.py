@@ -31,12 +31,13 @@ def test_every_path_has_a_case():
 
 
 def test_plan_path_answers_what_the_kernels_decide(many_threads):
-    """The query itself: inference has no reduce (channels-first is one pass), backward never
-    takes whole tiles, more threads turn channel groups into ranges, float64 streams from half
-    the values."""
+    """The query itself: inference has no reduce (channels-first is one pass), every op with
+    few rows takes whole tiles and with many rows row blocks, more threads turn channel groups
+    into ranges, float64 streams from half the values."""
     assert path_of(("NCHW", (4, 3, 5, 7)), "infer") == "cf-apply"
-    assert path_of(("NHWC", (3, 7, 5)), "backward") == "cl-blocks"
+    assert path_of(("NHWC", (3, 7, 5)), "backward") == "cl-whole-tiles"
     assert path_of(("NHWC", (3, 7, 5)), "infer") == "cl-whole-tiles"
+    assert path_of(("NHWC", (2, 1000, 600)), "backward") == "cl-blocks"
     assert path_of(("NCHW", (8, 96, 32, 32)), n_threads=1) == "cf-groups"
     assert path_of(("NCHW", (8, 96, 32, 32)), n_threads=5) == "cf-ranges"
     assert path_of(("NCHW", (2, 3, 600, 700)), f32=True) == "cf-ranges"

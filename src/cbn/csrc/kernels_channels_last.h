@@ -431,77 +431,96 @@ static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t n,
     return 0;
 }
 
-/* Finalize of channels [c0, c1) in channels-last backward through frozen statistics,
- * vectorized (same formulas as finalize_frozen). */
-static void FN(cl_finalize_frozen)(const FN(job) *jb, int64_t c0, int64_t c1)
+/* The sums and coefficient arrays of the backward finalize for channels [c0, c0 + n): entry j
+ * is channel c0 + j. They are the job's from c0 on, or a column tile's own (cl_backward_tile). */
+typedef struct {
+    const double *sum_dy, *sum_dy_xc, *sum_xc;
+    T *coef[N_COEF];
+} FN(backward_work);
+
+static FN(backward_work) FN(job_backward_work)(const FN(job) *jb, int64_t c0)
 {
     const int64_t C = jb->plan.C;
-    const double *restrict sum_dy = jb->sums, *restrict sum_dy_xmu = jb->sums + C;
+    FN(backward_work) wk;
+    wk.sum_dy = jb->sums + c0;
+    wk.sum_dy_xc = jb->sums + C + c0;
+    wk.sum_xc = jb->sums + 2 * C + c0;
+    for (int i = 0; i < N_COEF; i++) wk.coef[i] = jb->coef[i] + c0;
+    return wk;
+}
+
+/* Finalize of channels [c0, c0 + n) in channels-last backward through frozen statistics,
+ * vectorized (same formulas as finalize_frozen). */
+static void FN(cl_finalize_frozen)(const FN(job) *jb, int64_t c0, int64_t n,
+                                   const FN(backward_work) *wk)
+{
+    const double *restrict sum_dy = wk->sum_dy, *restrict sum_dy_xmu = wk->sum_dy_xc;
     const double eps = jb->backward.eps;
-    const T *restrict w = jb->weight, *restrict mean = jb->backward.mean,
-            *restrict var = jb->backward.running_var;
-    T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
-      *restrict shift = jb->coef[K_SHIFT], *restrict xmu = jb->coef[K_XMU];
-    T *dw = jb->backward.dweight, *db = jb->backward.dbias;
+    const T *restrict w = jb->weight ? jb->weight + c0 : NULL,
+            *restrict mean = jb->backward.mean + c0, *restrict var = jb->backward.running_var + c0;
+    T *restrict center = wk->coef[K_CENTER], *restrict scale = wk->coef[K_SCALE],
+      *restrict shift = wk->coef[K_SHIFT], *restrict xmu = wk->coef[K_XMU];
+    T *dw = jb->backward.dweight ? jb->backward.dweight + c0 : NULL,
+      *db = jb->backward.dbias ? jb->backward.dbias + c0 : NULL;
 #pragma omp simd
-    for (int64_t c = c0; c < c1; c++) {
+    for (int64_t j = 0; j < n; j++) {
         T dweight, dbias;
-        FN(frozen_coef_values)(w ? (double)w[c] : 1.0, (double)var[c], eps, sum_dy[c],
-                               sum_dy_xmu[c], &scale[c], &dweight, &dbias);
-        center[c] = mean[c];
-        shift[c] = xmu[c] = 0;
-        if (dw) dw[c] = dweight;
-        if (db) db[c] = dbias;
+        FN(frozen_coef_values)(w ? (double)w[j] : 1.0, (double)var[j], eps, sum_dy[j],
+                               sum_dy_xmu[j], &scale[j], &dweight, &dbias);
+        center[j] = mean[j];
+        shift[j] = xmu[j] = 0;
+        if (dw) dw[j] = dweight;
+        if (db) db[j] = dbias;
     }
 }
 
 /* Finalize of channels [c0, c1) in channels-last backward, vectorized like cl_finalize_train
  * (same formulas as finalize_backward). */
-static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t c1)
+static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t n,
+                                     const FN(backward_work) *wk)
 {
-    const int64_t C = jb->plan.C;
-    const double *restrict sum_dy = jb->sums, *restrict sum_dy_xc = jb->sums + C,
-                           *restrict sum_xc = jb->sums + 2 * C;
+    const double *restrict sum_dy = wk->sum_dy, *restrict sum_dy_xc = wk->sum_dy_xc,
+                           *restrict sum_xc = wk->sum_xc;
     if (jb->reduce_only) {          /* the caller combines the sums across processes */
-        double *restrict sum_dy_out = jb->backward.sum_dy_out,
-                         *restrict sum_dy_xmu_out = jb->backward.sum_dy_xmu_out,
-                         *restrict sum_xmu_out = jb->backward.sum_xmu_out;
+        double *restrict sum_dy_out = jb->backward.sum_dy_out + c0,
+                         *restrict sum_dy_xmu_out = jb->backward.sum_dy_xmu_out + c0,
+                         *restrict sum_xmu_out = jb->backward.sum_xmu_out + c0;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; c++) {
-            sum_dy_out[c] = sum_dy[c];
-            sum_dy_xmu_out[c] = sum_dy_xc[c];
-            sum_xmu_out[c] = sum_xc[c];
+        for (int64_t j = 0; j < n; j++) {
+            sum_dy_out[j] = sum_dy[j];
+            sum_dy_xmu_out[j] = sum_dy_xc[j];
+            sum_xmu_out[j] = sum_xc[j];
         }
         return;
     }
     if (jb->backward.frozen) {
-        FN(cl_finalize_frozen)(jb, c0, c1);
+        FN(cl_finalize_frozen)(jb, c0, n, wk);
         return;
     }
     const double M = (double)jb->plan.M;
-    const T *restrict w = jb->weight, *restrict mean = jb->backward.mean,
-            *restrict inv = jb->backward.invstd;
-    T *restrict center = jb->coef[K_CENTER], *restrict scale = jb->coef[K_SCALE],
-      *restrict shift = jb->coef[K_SHIFT], *restrict xmu = jb->coef[K_XMU];
+    const T *restrict w = jb->weight ? jb->weight + c0 : NULL,
+            *restrict mean = jb->backward.mean + c0, *restrict inv = jb->backward.invstd + c0;
+    T *restrict center = wk->coef[K_CENTER], *restrict scale = wk->coef[K_SCALE],
+      *restrict shift = wk->coef[K_SHIFT], *restrict xmu = wk->coef[K_XMU];
 #pragma omp simd
-    for (int64_t c = c0; c < c1; c++) {
-        center[c] = mean[c];
-        FN(backward_coef_values)(w ? (double)w[c] : 1.0, (double)inv[c], sum_dy[c],
-                                 sum_dy_xc[c], sum_xc[c], M, &scale[c], &shift[c], &xmu[c]);
+    for (int64_t j = 0; j < n; j++) {
+        center[j] = mean[j];
+        FN(backward_coef_values)(w ? (double)w[j] : 1.0, (double)inv[j], sum_dy[j],
+                                 sum_dy_xc[j], sum_xc[j], M, &scale[j], &shift[j], &xmu[j]);
     }
     if (jb->backward.dweight) {
-        T *restrict dw = jb->backward.dweight;
+        T *restrict dw = jb->backward.dweight + c0;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; c++) {
+        for (int64_t j = 0; j < n; j++) {
             double delta;
-            dw[c] = (T)(FN(backward_centered)(sum_dy[c], sum_dy_xc[c], sum_xc[c], M, &delta) *
-                        (double)inv[c]);
+            dw[j] = (T)(FN(backward_centered)(sum_dy[j], sum_dy_xc[j], sum_xc[j], M, &delta) *
+                        (double)inv[j]);
         }
     }
     if (jb->backward.dbias) {
-        T *restrict db = jb->backward.dbias;
+        T *restrict db = jb->backward.dbias + c0;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; c++) db[c] = (T)sum_dy[c];
+        for (int64_t j = 0; j < n; j++) db[j] = (T)sum_dy[j];
     }
 }
 
@@ -571,11 +590,25 @@ static void FN(cl_infer_tile)(const FN(job) *jb, int64_t u)
     FN(cl_apply_tile)(jb, t, coef);
 }
 
-/* Whether this call goes tile by tile: training (its reduce-only phase too) and inference with
- * whole tiles; backward and the apply-only split phase keep the row-block path. */
+static void FN(cl_backward_tile)(const FN(job) *jb, int64_t u)
+{
+    const FN(tile) t = FN(unit_tile)(&jb->plan, u);
+    double sum_dy[CBN_MAX_COL_TILE], sum_dy_xc[CBN_MAX_COL_TILE], sum_xc[CBN_MAX_COL_TILE];
+    T coef_values[N_COEF][CBN_MAX_COL_TILE];
+    FN(backward_work) wk = {sum_dy, sum_dy_xc, sum_xc, {NULL}};
+    for (int i = 0; i < N_COEF; i++) wk.coef[i] = coef_values[i];
+    for (int64_t j = 0; j < t.w; j++) sum_dy[j] = sum_dy_xc[j] = sum_xc[j] = 0.0;
+    FN(cl_dy_sums)(jb->x, jb->dy, jb->y, jb->plan.C, t, jb->backward.mean + t.c0, sum_dy,
+                   sum_dy_xc, sum_xc);
+    FN(cl_finalize_backward)(jb, t.c0, t.w, &wk);
+    if (!jb->reduce_only) FN(cl_apply_tile)(jb, t, wk.coef);
+}
+
+/* Whether this call goes tile by tile: every op with whole tiles (reduce-only phases too) but
+ * the apply-only split phases, whose coefficients the caller filled in for all channels. */
 static int FN(cl_by_whole_tiles)(const FN(job) *jb)
 {
-    return jb->plan.whole_tiles && (jb->op == OP_INFER || (jb->op == OP_TRAIN && !jb->apply_only));
+    return jb->plan.whole_tiles && (jb->op == OP_INFER || !jb->apply_only);
 }
 
 static void FN(cl_tiles_thread)(FN(job) *jb, int64_t t, int64_t nt)
@@ -583,7 +616,8 @@ static void FN(cl_tiles_thread)(FN(job) *jb, int64_t t, int64_t nt)
     (void)t, (void)nt;
     for (int64_t u; (u = FN(take_unit)(jb)) < jb->plan.n_units;) {
         if (jb->op == OP_INFER) FN(cl_infer_tile)(jb, u);
-        else FN(cl_train_tile)(jb, u);
+        else if (jb->op == OP_TRAIN) FN(cl_train_tile)(jb, u);
+        else FN(cl_backward_tile)(jb, u);
     }
     cbn_stream_fence();
 }
@@ -607,7 +641,8 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
             const FN(train_work) wk = FN(job_train_work)(jb, c0);
             mine_cancelled = FN(cl_finalize_train)(jb, c0, c1 - c0, &wk);
         } else {
-            FN(cl_finalize_backward)(jb, c0, c1);
+            const FN(backward_work) wk = FN(job_backward_work)(jb, c0);
+            FN(cl_finalize_backward)(jb, c0, c1 - c0, &wk);
         }
         if (mine_cancelled) {
 #pragma omp atomic write
