@@ -17,7 +17,10 @@
  *
  * The parts, each read top to bottom:
  *   kernels_common.h          macros, the job, the thread team, run loops, finalize formulas
- *   kernels_channels_last.h   channels-last phases (and the row loops the column mode reuses)
+ *   kernels_channels_last.h   channels-last units: sums and elementwise rows (the column mode
+ *                             reuses them)
+ *   kernels_channels_last_call.h  channels-last finalize and thread bodies (row blocks, whole
+ *                             tiles)
  *   kernels_channels_first.h  channels-first phases, including short runs done as columns
  *   kernels_entry.h           argument checks, plan and scratch, the public functions
  *   kernels_plan_path.h       which path a call takes (an internal query for the tests)
@@ -37,6 +40,7 @@
 
 #include "kernels_common.h"
 #include "kernels_channels_last.h"
+#include "kernels_channels_last_call.h"
 #include "kernels_channels_first.h"
 #include "kernels_entry.h"
 #include "kernels_plan_path.h"
