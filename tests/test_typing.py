@@ -71,6 +71,7 @@ dx, grads = train_step(x, w, b, rm, rv)
 y_list, _, _ = cbn.batch_norm_train([[1.0, 2.0], [3.0, 5.0]])        # lists are accepted
 y_cl, _, _ = cbn.batch_norm_train(x.transpose(0, 2, 3, 1), layout="channels_last")
 y_inf: Array = cbn.batch_norm_infer(x, rm, rv, w, b, eps=1e-3, residual=x, n_threads=None)
+y32: NDArray[np.float32] = cbn.batch_norm_infer(x, rm, rv)     # code typed with float32 arrays
 dxi, dwi, dbi = cbn.batch_norm_infer_backward(np.ones_like(x), x, rm, rv, w)
 scale, shift = cbn.fold_scale_shift(rm, rv, w, b, 1e-5)
 W2, b2 = cbn.fold_linear(np.ones((3, 7)), None, (rm, rv))
@@ -81,6 +82,8 @@ bn = cbn.BatchNorm2d(3, momentum=None, layout="NCHW", dtype=np.float32, activati
 y_bn: Array = bn(x)
 dx_bn = bn.backward(np.ones_like(y_bn))
 shape: tuple[int, ...] = dx_bn.shape
+y_res = bn(x, residual=x)
+dx_r, d_res = bn.backward(np.ones_like(y_res))       # (dx, d_residual) after a residual
 bn = bn.eval().train(False)
 state = bn.state_dict()
 missing, unexpected = bn.load_state_dict(state, strict=True)
