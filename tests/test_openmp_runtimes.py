@@ -43,7 +43,8 @@ PROBE = ("import os, sys; import {module}; print('\\n'.join(sorted({{os.path.rea
 
 def _env(pythonpath=None):
     env = dict(os.environ, **ENV)
-    env.pop("OMP_NUM_THREADS", None)
+    for name in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT"):   # defaults the checks can tell apart
+        env.pop(name, None)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
     return env
