@@ -16,7 +16,7 @@ from .layer import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 __version__ = "0.1.0"
 
 
-def get_include():
+def get_include() -> str:
     """Directory holding cbn.h, for C or Cython code that embeds the kernels (see cbn/cbn.pxd)."""
     import os
     here = os.path.dirname(os.path.abspath(__file__))

@@ -9,9 +9,13 @@ next). Two placements slow a streaming kernel down, so new outputs avoid both:
 * an output whose address modulo 4 KiB sits just after an input's makes loads of the input
   wait behind unrelated stores to the output with the same low 12 address bits (4K aliasing).
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Iterable
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from . import _core
 
@@ -22,7 +26,7 @@ PAGE = 4096
 _LINE = 64
 
 
-def _farthest_line(offsets):
+def _farthest_line(offsets: Iterable[int]) -> int:
     """The line-aligned offset within a page farthest (circularly) from every given offset."""
     points = sorted(o % PAGE for o in offsets)
     best, best_gap = 0, -1
@@ -33,14 +37,16 @@ def _farthest_line(offsets):
     return best // _LINE * _LINE % PAGE
 
 
-def at_page_offset(raw, page_offset, nbytes):
+def at_page_offset(raw: NDArray[np.uint8], page_offset: int,
+                   nbytes: int) -> NDArray[np.uint8]:
     """The `nbytes` bytes of `raw` (a uint8 array of at least nbytes + PAGE) that start
     `page_offset` bytes into a 4 KiB page."""
     start = (page_offset - _core.address(raw)) % PAGE
     return raw[start:start + nbytes]
 
 
-def empty_apart(shape, dtype, *inputs):
+def empty_apart(shape: tuple[int, ...], dtype: DTypeLike,
+                *inputs: NDArray[Any] | None) -> NDArray[Any]:
     """A new C-contiguous array on a 64-byte boundary, its address modulo 4 KiB as far as
     possible from each of `inputs` (arrays or None)."""
     dtype = np.dtype(dtype)
@@ -52,7 +58,7 @@ def empty_apart(shape, dtype, *inputs):
     return at_page_offset(buf, _farthest_line(addresses), nbytes).view(dtype).reshape(shape)
 
 
-def release_memory():
+def release_memory() -> None:
     """Free the work memory the kernels keep between calls.
 
     Each call's scratch (partial sums and per-channel coefficients, up to ~80 bytes per channel)

@@ -1,9 +1,20 @@
 """The public batch-norm functions: validate, allocate, resolve threads, call the C kernels."""
+from __future__ import annotations
+
+from typing import Literal, Union, overload
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from . import _validate as v
 from ._layout import canonical_view
+from ._types import Activation, FloatArray, Layout, Threads
+
+# The three gradients (dx, dweight, dbias), or four with the residual's (d_residual) last.
+_Grads = tuple[FloatArray, FloatArray, FloatArray]
+_GradsResidual = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
+_AnyGrads = Union[_Grads, _GradsResidual]
 
 # Argument names of the arrays each function checks for overlaps, in v.refuse_overlaps' order:
 # the buffers it writes (out first), then the per-channel arrays it reads, then x (and the
@@ -25,9 +36,13 @@ _THREADS_DOC = """n_threads : int or None, default None
         bit-identical for every thread count."""
 
 
-def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
-                     momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
-                     activation=None, residual=None, out=None, n_threads=None):
+def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None,
+                     bias: ArrayLike | None = None, *, running_mean: FloatArray | None = None,
+                     running_var: FloatArray | None = None, momentum: float = 0.1,
+                     eps: float = 1e-5, layout: Layout = "NCHW",
+                     unbiased_running_var: bool = True, activation: Activation = None,
+                     residual: ArrayLike | None = None, out: FloatArray | None = None,
+                     n_threads: Threads = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     x = v.float_array(x, "x")
     cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
@@ -57,7 +72,7 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     return y, save_mean, save_invstd
 
 
-def _empty_batch_stats(save_mean, save_invstd, eps):
+def _empty_batch_stats(save_mean: FloatArray, save_invstd: FloatArray, eps: float) -> None:
     """save_mean/save_invstd of an empty batch: mean 0 and variance 0, the statistics that
     `cbn.split.batch_stats` gives for no values, so save_invstd = 1/sqrt(eps) (inf for eps=0).
     Backward of an empty batch does not read them (its dweight and dbias are 0)."""
@@ -138,8 +153,31 @@ batch_norm_train.__doc__ = f"""Training-mode batch normalization: normalize x wi
     """
 
 
-def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW", y=None,
-                        activation=None, residual=False, out=None, n_threads=None):
+# residual=True adds d_residual to the result: the overloads tell checkers how many arrays come
+@overload
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, save_mean: ArrayLike,
+                        save_invstd: ArrayLike, weight: ArrayLike | None = ..., *,
+                        layout: Layout = ..., y: ArrayLike | None = ...,
+                        activation: Activation = ..., residual: Literal[False] = ...,
+                        out: FloatArray | None = ..., n_threads: Threads = ...) -> _Grads: ...
+@overload
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, save_mean: ArrayLike,
+                        save_invstd: ArrayLike, weight: ArrayLike | None = ..., *,
+                        layout: Layout = ..., y: ArrayLike | None = ...,
+                        activation: Activation = ..., residual: Literal[True],
+                        out: FloatArray | None = ...,
+                        n_threads: Threads = ...) -> _GradsResidual: ...
+@overload
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, save_mean: ArrayLike,
+                        save_invstd: ArrayLike, weight: ArrayLike | None = ..., *,
+                        layout: Layout = ..., y: ArrayLike | None = ...,
+                        activation: Activation = ..., residual: bool,
+                        out: FloatArray | None = ..., n_threads: Threads = ...) -> _AnyGrads: ...
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, save_mean: ArrayLike,
+                        save_invstd: ArrayLike, weight: ArrayLike | None = None, *,
+                        layout: Layout = "NCHW", y: ArrayLike | None = None,
+                        activation: Activation = None, residual: bool = False,
+                        out: FloatArray | None = None, n_threads: Threads = None) -> _AnyGrads:
     dy, x = v.gradient_and_input(dy, x)
     cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
@@ -159,7 +197,8 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     return _gradients(dx, dweight, dbias, d_residual)
 
 
-def _gradients(dx, dweight, dbias, d_residual):
+def _gradients(dx: FloatArray, dweight: FloatArray, dbias: FloatArray,
+               d_residual: FloatArray | None) -> _AnyGrads:
     if d_residual is None:
         return dx, dweight, dbias
     return dx, dweight, dbias, d_residual
@@ -207,8 +246,11 @@ batch_norm_backward.__doc__ = f"""Gradients of `batch_norm_train` with respect t
     """
 
 
-def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                     layout="NCHW", activation=None, residual=None, out=None, n_threads=None):
+def batch_norm_infer(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+                     weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+                     eps: float = 1e-5, layout: Layout = "NCHW", activation: Activation = None,
+                     residual: ArrayLike | None = None, out: FloatArray | None = None,
+                     n_threads: Threads = None) -> FloatArray:
     x = v.float_array(x, "x")
     cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
@@ -260,9 +302,32 @@ batch_norm_infer.__doc__ = f"""Inference-mode (frozen) batch normalization: one 
     """
 
 
-def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, eps=1e-5,
-                              layout="NCHW", y=None, activation=None, residual=False, out=None,
-                              n_threads=None):
+@overload
+def batch_norm_infer_backward(dy: ArrayLike, x: ArrayLike, running_mean: ArrayLike,
+                              running_var: ArrayLike, weight: ArrayLike | None = ..., *,
+                              eps: float = ..., layout: Layout = ..., y: ArrayLike | None = ...,
+                              activation: Activation = ..., residual: Literal[False] = ...,
+                              out: FloatArray | None = ..., n_threads: Threads = ...) -> _Grads: ...
+@overload
+def batch_norm_infer_backward(dy: ArrayLike, x: ArrayLike, running_mean: ArrayLike,
+                              running_var: ArrayLike, weight: ArrayLike | None = ..., *,
+                              eps: float = ..., layout: Layout = ..., y: ArrayLike | None = ...,
+                              activation: Activation = ..., residual: Literal[True],
+                              out: FloatArray | None = ...,
+                              n_threads: Threads = ...) -> _GradsResidual: ...
+@overload
+def batch_norm_infer_backward(dy: ArrayLike, x: ArrayLike, running_mean: ArrayLike,
+                              running_var: ArrayLike, weight: ArrayLike | None = ..., *,
+                              eps: float = ..., layout: Layout = ..., y: ArrayLike | None = ...,
+                              activation: Activation = ..., residual: bool,
+                              out: FloatArray | None = ...,
+                              n_threads: Threads = ...) -> _AnyGrads: ...
+def batch_norm_infer_backward(dy: ArrayLike, x: ArrayLike, running_mean: ArrayLike,
+                              running_var: ArrayLike, weight: ArrayLike | None = None, *,
+                              eps: float = 1e-5, layout: Layout = "NCHW",
+                              y: ArrayLike | None = None, activation: Activation = None,
+                              residual: bool = False, out: FloatArray | None = None,
+                              n_threads: Threads = None) -> _AnyGrads:
     dy, x = v.gradient_and_input(dy, x)
     cl, N, C, S = canonical_view(x.shape, layout)
     dtype = x.dtype
@@ -335,7 +400,9 @@ batch_norm_infer_backward.__doc__ = f"""Gradients of `batch_norm_infer` (frozen 
     """
 
 
-def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5):
+def fold_scale_shift(running_mean: ArrayLike, running_var: ArrayLike,
+                     weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+                     eps: float = 1e-5) -> tuple[FloatArray, FloatArray]:
     """Fold running statistics and the affine parameters into one per-channel multiply-add.
 
     ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean * scale``,

@@ -6,17 +6,20 @@ omp_get_num_procs) and OMP_THREAD_LIMIT, and one thread in a process forked afte
 threads. Here a request only has to become a C int >= 1; get_num_threads reports the clamped
 count.
 """
+from __future__ import annotations
+
 import operator
 
 from . import _core
+from ._types import Threads
 
-_default_threads = None  # set by set_num_threads; None -> the OpenMP default
+_default_threads: int | None = None  # set by set_num_threads; None -> the OpenMP default
 # n_threads is a maximum (kernels use fewer on small inputs, and never more than the CPUs):
 # larger requests mean "all", and must fit a C int.
 _MOST_THREADS = 1 << 16
 
 
-def resolve_threads(n_threads):
+def resolve_threads(n_threads: Threads) -> int:
     """Turn a user's n_threads into a count >= 1.
 
     None -> the value of set_num_threads, else OpenMP's default for the calling thread (honours
@@ -42,7 +45,7 @@ def resolve_threads(n_threads):
     return max(1, _core.max_threads() + 1 + n_threads)
 
 
-def set_num_threads(n):
+def set_num_threads(n: Threads) -> None:
     """Set the thread count that cbn calls use when they get ``n_threads=None``.
 
     Parameters
@@ -55,12 +58,12 @@ def set_num_threads(n):
     _default_threads = None if n is None else resolve_threads(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Most threads a call with ``n_threads=None`` would use now: the requested count clamped
     to the CPUs available to the process and OMP_THREAD_LIMIT, 1 in a forked child."""
     return _core.thread_limit(resolve_threads(None))
 
 
-def openmp_enabled():
+def openmp_enabled() -> bool:
     """True when cbn was built with OpenMP (otherwise every kernel runs on one thread)."""
     return _core.openmp_enabled()

@@ -5,28 +5,33 @@ Each check raises TypeError for a wrong dtype and ValueError for a wrong shape o
 naming what was expected and what was given, before any output is written. (Checks that
 belong to one function only, such as the layer's state_dict keys, stay with that function.)
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from ._alloc import empty_apart
 from ._threads import resolve_threads
+from ._types import FloatArray, Threads
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # statistics (means, sums, M2) are accumulated and exchanged in float64
 F64 = np.dtype(np.float64)
 
 
-def refuse_masked(a, name):
+def refuse_masked(a: object, name: str) -> None:
     """np.asarray would drop a masked array's mask, and cbn would compute with masked values."""
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(f"{name} must not be a masked array (cbn would ignore its mask); pass "
                         f"{name}.filled(value) or the unmasked part")
 
 
-def float_array(a, name):
+def float_array(a: ArrayLike, name: str) -> FloatArray:
     """a as an ndarray of float32 or float64 (any strides)."""
     if a.__class__ is not np.ndarray:
         refuse_masked(a, name)
@@ -36,7 +41,7 @@ def float_array(a, name):
     return a
 
 
-def gradient_and_input(dy, x):
+def gradient_and_input(dy: ArrayLike, x: ArrayLike) -> tuple[FloatArray, FloatArray]:
     """(dy, x) as float arrays of one dtype and one shape."""
     x = float_array(x, "x")
     dy = float_array(dy, "dy")
@@ -49,7 +54,7 @@ def gradient_and_input(dy, x):
 _CONTIGUOUS, _WRITEABLE, _ALIGNED = 1, 2, 4
 
 
-def contiguous_input(a, out=None):
+def contiguous_input(a: FloatArray, out: FloatArray | None = None) -> FloatArray:
     """a as a C-contiguous, aligned array (the C kernels dereference typed pointers), copied
     when it is strided, misaligned, or overlaps `out` without being it."""
     if _core.array_flags(a) & (_CONTIGUOUS | _ALIGNED) != _CONTIGUOUS | _ALIGNED:
@@ -62,7 +67,8 @@ def contiguous_input(a, out=None):
     return a
 
 
-def refuse_overlaps(names, arrays, n_written, n_against_out):
+def refuse_overlaps(names: tuple[str, ...], arrays: tuple[FloatArray | None, ...],
+                    n_written: int, n_against_out: int) -> None:
     """ValueError, naming both arguments, when a buffer cbn writes shares memory with an array
     it reads or with another buffer it writes (running_mean a view of x, one array passed as
     both running statistics, out holding weight): the kernels would read values they have
@@ -83,7 +89,16 @@ def refuse_overlaps(names, arrays, n_written, n_against_out):
     raise ValueError(f"{w} must not share memory with {r} (cbn writes {w} while it reads {r})")
 
 
-def channel_param(a, name, C, dtype):
+# None stays None, an array stays an array: the overloads keep a required argument's type
+@overload
+def channel_param(a: None, name: str, C: int, dtype: np.dtype[Any]) -> None: ...
+@overload
+def channel_param(a: ArrayLike, name: str, C: int, dtype: np.dtype[Any]) -> FloatArray: ...
+@overload
+def channel_param(a: ArrayLike | None, name: str, C: int,
+                  dtype: np.dtype[Any]) -> FloatArray | None: ...
+def channel_param(a: ArrayLike | None, name: str, C: int,
+                  dtype: np.dtype[Any]) -> FloatArray | None:
     """A read-only per-channel array: cast to dtype, C-contiguous, shape (C,). None stays None."""
     if a is None:
         return None
@@ -99,7 +114,8 @@ def channel_param(a, name, C, dtype):
     return a
 
 
-def writable_buffer(a, name, shape, dtype):
+def writable_buffer(a: object, name: str, shape: tuple[int, ...],
+                    dtype: np.dtype[Any]) -> FloatArray:
     """A buffer cbn writes into: ndarray of exactly dtype and shape, C-contiguous, writeable.
     Subclasses that are plain memory (np.memmap) are written into and returned as they are."""
     if a.__class__ is not np.ndarray:
@@ -120,7 +136,8 @@ def writable_buffer(a, name, shape, dtype):
     return a
 
 
-def running_stats(running_mean, running_var, C, dtype):
+def running_stats(running_mean: object, running_var: object, C: int,
+                  dtype: np.dtype[Any]) -> tuple[FloatArray | None, FloatArray | None]:
     """Both running buffers checked as writable (C,) arrays, or both None."""
     if running_mean is None and running_var is None:
         return None, None
@@ -132,7 +149,7 @@ def running_stats(running_mean, running_var, C, dtype):
             writable_buffer(running_var, "running_var", (C,), dtype))
 
 
-def relu(activation):
+def relu(activation: object) -> bool:
     """True for a fused ReLU, False for none."""
     if activation is None:
         return False
@@ -141,7 +158,7 @@ def relu(activation):
     raise ValueError(f"activation must be None or 'relu', got {activation!r}")
 
 
-def real_number(value, name):
+def real_number(value: object, name: str) -> float:
     """value as a float: Python and NumPy real numbers only (no str, no bool, no array)."""
     if value.__class__ is float:
         return value
@@ -150,21 +167,21 @@ def real_number(value, name):
     return float(value)
 
 
-def eps_value(eps):
+def eps_value(eps: object) -> float:
     eps = real_number(eps, "eps")
     if not 0.0 <= eps < math.inf:
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     return eps
 
 
-def momentum_value(momentum):
+def momentum_value(momentum: object) -> float:
     momentum = real_number(momentum, "momentum")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     return momentum
 
 
-def flag(value, name):
+def flag(value: object, name: str) -> bool:
     """A yes/no argument: bool or numpy.bool_ only (a str such as "no" would count as True)."""
     if value.__class__ is bool:
         return value
@@ -173,7 +190,7 @@ def flag(value, name):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
-def enough_values(count, shape, n_ranks=None):
+def enough_values(count: int, shape: tuple[int, ...], n_ranks: int | None = None) -> None:
     """Training needs 2+ values per channel; an empty batch (0 values) is allowed (PyTorch).
     count: values per channel of x (of `shape`) or, with n_ranks, over that many processes."""
     if count == 1:
@@ -183,17 +200,17 @@ def enough_values(count, shape, n_ranks=None):
         raise ValueError(f"Expected more than 1 value per channel when training, got {got}")
 
 
-def same_shape(a, a_name, b, b_name):
+def same_shape(a: FloatArray, a_name: str, b: FloatArray, b_name: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{a_name} must have the shape of {b_name} {b.shape}, got {a.shape}")
 
 
-def same_dtype(a, a_name, b, b_name):
+def same_dtype(a: FloatArray, a_name: str, b: FloatArray, b_name: str) -> None:
     if a.dtype != b.dtype:
         raise TypeError(f"{a_name} must have the dtype of {b_name} ({b.dtype}), got {a.dtype}")
 
 
-def residual_input(residual, x):
+def residual_input(residual: ArrayLike | None, x: FloatArray) -> FloatArray | None:
     """The residual added to the output (None: none), checked against x: x's dtype and shape."""
     if residual is None:
         return None
@@ -203,7 +220,7 @@ def residual_input(residual, x):
     return residual
 
 
-def relu_output(y, activation, x):
+def relu_output(y: ArrayLike | None, activation: object, x: FloatArray) -> FloatArray | None:
     """The forward output that a fused ReLU's gradient needs, checked against x; None without
     an activation (y is then not needed, and not read)."""
     if not relu(activation):
@@ -216,7 +233,8 @@ def relu_output(y, activation, x):
     return y
 
 
-def forward_arrays(x, residual, out, n_threads):
+def forward_arrays(x: FloatArray, residual: FloatArray | None, out: object, n_threads: Threads
+                   ) -> tuple[FloatArray, FloatArray, FloatArray | None, int]:
     """(y, x, residual, n_threads) for a call that writes y from x (and a residual or None):
     y is `out` checked or a new array placed apart from the inputs (_alloc.empty_apart),
     n_threads resolved, x and the residual contiguous, copied where they overlap y without
@@ -230,7 +248,10 @@ def forward_arrays(x, residual, out, n_threads):
     return y, x, residual, n_threads
 
 
-def gradient_arrays(dy, x, y, out, n_threads, residual=False):
+def gradient_arrays(dy: FloatArray, x: FloatArray, y: FloatArray | None, out: object,
+                    n_threads: Threads, residual: object = False
+                    ) -> tuple[FloatArray, FloatArray | None, FloatArray, FloatArray,
+                               FloatArray | None, int]:
     """(dx, d_residual, x, dy, y, n_threads) for a call that writes dx from dy, x (and the
     forward's output y, or None): dx is `out` checked or a new array, d_residual a new array
     when the forward added a residual (the bool `residual`; else None), n_threads resolved, x,
@@ -244,7 +265,9 @@ def gradient_arrays(dy, x, y, out, n_threads, residual=False):
     return dx, d_res, x, dy, y, n_threads
 
 
-def gradient_inputs(x, dy, y, dx=None):
+def gradient_inputs(x: FloatArray, dy: FloatArray, y: FloatArray | None,
+                    dx: FloatArray | None = None
+                    ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """x, dy and y (or None) as contiguous arrays, copied where they overlap dx without being it."""
     x = contiguous_input(x, dx)
     dy = contiguous_input(dy, dx)
@@ -253,7 +276,7 @@ def gradient_inputs(x, dy, y, dx=None):
     return x, dy, y
 
 
-def check_status(rc):
+def check_status(rc: int) -> None:
     """Turn a C status code into an exception (validation above makes these rare)."""
     if rc == 0:
         return

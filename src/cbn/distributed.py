@@ -23,7 +23,12 @@ MPICH's wheel, which provides ``mpiexec``). ``import cbn`` never needs them; ``i
 cbn.distributed`` raises ImportError naming the extra when they are missing. Run a script with
 ``mpiexec -n 2 python script.py``.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 try:
     from mpi4py import MPI
@@ -39,7 +44,8 @@ except RuntimeError as exc:  # mpi4py present but no loadable MPI library / MPI_
 from . import split
 from . import _validate as v
 from ._validate import F64 as _F64
-from .layer import BatchNorm, checked_input
+from ._types import FloatArray
+from .layer import BatchNorm, _buffer, checked_input
 
 __all__ = ["SyncBatchNorm"]
 
@@ -98,7 +104,8 @@ class SyncBatchNorm(BatchNorm):
     Allreduce gives every rank the same sum (MPICH does; the tests check it).
     """
 
-    def __init__(self, num_features, comm=None, **kwargs):
+    def __init__(self, num_features: int, comm: MPI.Intracomm | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         if comm is None:
             comm = MPI.COMM_WORLD
@@ -109,27 +116,29 @@ class SyncBatchNorm(BatchNorm):
         if comm == MPI.COMM_NULL:
             raise ValueError("comm must be a valid communicator, got MPI.COMM_NULL")
         self.comm = comm
-        self._sync_saved = None
+        self._sync_saved: dict[str, Any] | None = None
 
     # -- training forward ----------------------------------------------------------------------
 
-    def forward(self, x):
+    # no residual (a fused residual is not implemented across ranks): the override narrows
+    # BatchNorm.forward's signature, hence the ignore
+    def forward(self, x: ArrayLike) -> FloatArray:  # type: ignore[override]
         """y for this rank's x; in training mode with the whole batch's statistics (collective)."""
         if not self.training:
             self._sync_saved = None
             return super().forward(x)
         return self._sync_forward(x)
 
-    def _sync_forward(self, x):
+    def _sync_forward(self, x: ArrayLike) -> FloatArray:
         comm, C = self.comm, self.num_features
         self._sync_saved = None
         # this rank's part: [count, mean[C], m2[C]]; count -1 tells the others it failed
         mine = np.zeros(1 + 2 * C, _F64)
         error = None
         try:
-            x = checked_input(self, x)
-            count, mean, m2 = split.batch_stats(x, layout=self.layout, n_threads=self.n_threads)
-            mine[0] = count
+            xa = checked_input(self, x)   # xa: the checked array (x: what the caller gave)
+            n, mean, m2 = split.batch_stats(xa, layout=self.layout, n_threads=self.n_threads)
+            mine[0] = n
             mine[1:1 + C] = mean
             mine[1 + C:] = m2
         except Exception as exc:  # raised below, after the collective the other ranks wait in
@@ -144,19 +153,19 @@ class SyncBatchNorm(BatchNorm):
 
         # every rank combines the same gathered bits in rank order: identical results
         count, mean, m2 = split.combine_stats(parts[:, 0], parts[:, 1:1 + C], parts[:, 1 + C:])
-        v.enough_values(int(count), x.shape, comm.Get_size())
+        v.enough_values(int(count), xa.shape, comm.Get_size())
         # an empty batch on every rank has mean 0 and variance 0 (as in batch_norm_train)
         var = m2 / count if count > 0 else m2
         with np.errstate(divide="ignore"):
             invstd = 1.0 / np.sqrt(var + self.eps)
-        y = split.batch_norm_normalize(x, mean, invstd, self.weight, self.bias,
+        y = split.batch_norm_normalize(xa, mean, invstd, self.weight, self.bias,
                                        layout=self.layout, activation=self.activation,
                                        n_threads=self.n_threads)
         if self.track_running_stats:
             self._update_running(count, mean, m2)
-        dtype = x.dtype
+        dtype = xa.dtype
         self._sync_saved = {
-            "x": x,
+            "x": xa,
             "y": y if self.activation is not None else None,
             "mean": mean.astype(dtype),       # save_mean / save_invstd in x's dtype, as
             "invstd": invstd.astype(dtype),   # batch_norm_train returns them
@@ -165,7 +174,8 @@ class SyncBatchNorm(BatchNorm):
         }
         return y
 
-    def _update_running(self, count, mean, m2):
+    def _update_running(self, count: float, mean: NDArray[np.float64],
+                        m2: NDArray[np.float64]) -> None:
         """PyTorch's update with the whole batch's unbiased variance, as the fused kernel does it
         (float64 arithmetic, rounded once to the buffers' dtype). An empty batch is counted but
         leaves the statistics as they are (PyTorch)."""
@@ -173,13 +183,13 @@ class SyncBatchNorm(BatchNorm):
         if count == 0:
             return
         m = (1.0 / self.num_batches_tracked if self.momentum is None else float(self.momentum))
-        rm, rv = self.running_mean, self.running_var
+        rm, rv = _buffer(self.running_mean), _buffer(self.running_var)
         rm[...] = (1.0 - m) * rm.astype(_F64) + m * mean
         rv[...] = (1.0 - m) * rv.astype(_F64) + m * (m2 / (count - 1.0))
 
     # -- backward ------------------------------------------------------------------------------
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> FloatArray | Any:
         """dx for this rank's part of the whole batch (collective after a training forward);
         sets grad_weight and grad_bias to the whole batch's gradients."""
         if self._sync_saved is None:
@@ -222,7 +232,8 @@ class SyncBatchNorm(BatchNorm):
         return dx
 
 
-def _raise_if_failed(failed_ranks, comm, phase, n_failed=None):
+def _raise_if_failed(failed_ranks: NDArray[np.intp] | None, comm: MPI.Intracomm, phase: str,
+                     n_failed: int | None = None) -> None:
     if failed_ranks is not None:
         if failed_ranks.size == 0:
             return

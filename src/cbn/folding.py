@@ -10,21 +10,36 @@ so the folded layer has ``W' = scale[:, None] * W`` and ``b' = scale * b + shift
 disappears from inference. A missing bias (b = None) counts as zeros: after folding the layer
 needs one, which is why a layer followed by BN is usually built without bias.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Union
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validate as v
 from ._api import fold_scale_shift
+from ._types import FloatArray
+
+if TYPE_CHECKING:
+    from .layer import BatchNorm
+
+# a cbn.BatchNorm, a dict with running_mean, running_var [, weight, bias, eps], or a tuple or
+# list (running_mean, running_var[, weight[, bias[, eps]]])
+BatchNormStats = Union["BatchNorm", dict[str, Any], tuple[Any, ...], list[Any]]
+_Stats = tuple[ArrayLike, ArrayLike, Union[ArrayLike, None], Union[ArrayLike, None], float]
 
 __all__ = ["fold_linear", "fold_conv"]
 
 
-def _bn_stats(bn):
+def _bn_stats(bn: BatchNormStats) -> _Stats:
     """(running_mean, running_var, weight, bias, eps) of a cbn.BatchNorm, a mapping or a tuple."""
     if hasattr(bn, "running_mean") and hasattr(bn, "running_var"):
-        if bn.running_mean is None:
+        layer: Any = bn   # a cbn.BatchNorm, or any layer with its attributes
+        if layer.running_mean is None:
             raise ValueError("the BatchNorm keeps no running statistics "
                              "(track_running_stats=False): there is nothing frozen to fold")
-        return bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps
+        return layer.running_mean, layer.running_var, layer.weight, layer.bias, layer.eps
     if isinstance(bn, dict):
         try:
             return (bn["running_mean"], bn["running_var"], bn.get("weight"), bn.get("bias"),
@@ -39,7 +54,8 @@ def _bn_stats(bn):
                     f"[, eps]]), got {type(bn).__name__}")
 
 
-def _fold(W, b, bn_or_stats, min_ndim, what):
+def _fold(W: ArrayLike, b: ArrayLike | None, bn_or_stats: BatchNormStats, min_ndim: int,
+          what: str) -> tuple[FloatArray, FloatArray]:
     W = v.float_array(W, "W")
     if W.ndim < min_ndim:
         raise ValueError(f"W must be {what}, got shape {W.shape}")
@@ -61,7 +77,8 @@ def _fold(W, b, bn_or_stats, min_ndim, what):
     return W_folded.astype(W.dtype), (scale * b + shift).astype(W.dtype)
 
 
-def fold_linear(W, b, bn_or_stats):
+def fold_linear(W: ArrayLike, b: ArrayLike | None,
+                bn_or_stats: BatchNormStats) -> tuple[FloatArray, FloatArray]:
     """Fold an eval-mode batch norm into the fully connected layer before it.
 
     Parameters
@@ -86,7 +103,8 @@ def fold_linear(W, b, bn_or_stats):
     return _fold(W, b, bn_or_stats, 2, "(out, in)")
 
 
-def fold_conv(W, b, bn_or_stats):
+def fold_conv(W: ArrayLike, b: ArrayLike | None,
+              bn_or_stats: BatchNormStats) -> tuple[FloatArray, FloatArray]:
     """Fold an eval-mode batch norm into the convolution before it.
 
     W is (out, in, kh, kw) (or any number of kernel dims after ``in``); the output channel axis

@@ -1,22 +1,47 @@
 """cbn.BatchNorm (and BatchNorm1d/2d/3d): the stateful batch-normalization layer, a drop-in for
 torch.nn.BatchNorm*d on NumPy arrays (PyTorch's constructor, semantics and state_dict keys)."""
-from collections import namedtuple
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Mapping, NamedTuple, Optional, TypeVar, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _api
 from . import _validate as v
 from ._layout import canonical_view, is_channels_last
 from ._threads import resolve_threads
+from ._types import Activation, FloatArray, Layout, Threads
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
-_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+class IncompatibleKeys(NamedTuple):
+    """What load_state_dict returns (PyTorch's named tuple of the same name)."""
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
 
 # What backward needs from the last forward. frozen: it used the running statistics (stat0,
 # stat1 = running_mean, running_var), else the batch's (save_mean, save_invstd); y: the output
 # when a ReLU was fused, else None; residual: whether one was added.
-_Saved = namedtuple("_Saved", ["frozen", "x", "y", "stat0", "stat1", "weight", "residual"])
+class _Saved(NamedTuple):
+    frozen: bool
+    x: FloatArray
+    y: Optional[FloatArray]
+    stat0: FloatArray
+    stat1: FloatArray
+    weight: Optional[FloatArray]
+    residual: bool
+
+_Layer = TypeVar("_Layer", bound="BatchNorm")
+
+
+def _buffer(a: FloatArray | None) -> FloatArray:
+    """A running-statistics buffer where track_running_stats says there is one (typing only:
+    an attribute set to None by hand fails where it is used, as before)."""
+    return cast(FloatArray, a)
 
 
 class BatchNorm:
@@ -80,11 +105,21 @@ class BatchNorm:
     """
 
     # BatchNorm1d/2d/3d: the input ranks PyTorch's class of the same name accepts
-    _input_ranks = None
+    _input_ranks: ClassVar[Optional[tuple[int, ...]]] = None
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, *, bias=True, layout="NCHW", dtype=np.float32,
-                 activation=None, n_threads=None):
+    weight: FloatArray | None
+    bias: FloatArray | None
+    running_mean: FloatArray | None
+    running_var: FloatArray | None
+    num_batches_tracked: int
+    training: bool
+    grad_weight: FloatArray | None
+    grad_bias: FloatArray | None
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, bias: bool = True,
+                 layout: Layout = "NCHW", dtype: DTypeLike = np.float32,
+                 activation: Activation = None, n_threads: Threads = None) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
             raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
         if num_features < 1:
@@ -114,16 +149,16 @@ class BatchNorm:
         self.reset_parameters()
         self.training = True
         self.grad_weight = self.grad_bias = None
-        self._saved = None
+        self._saved: _Saved | None = None
 
-    def reset_running_stats(self):
+    def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1 (in place), num_batches_tracked = 0."""
         if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
+            _buffer(self.running_mean)[...] = 0
+            _buffer(self.running_var)[...] = 1
         self.num_batches_tracked = 0
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """reset_running_stats(), weight = 1 and bias = 0 (in place): a new layer's state."""
         self.reset_running_stats()
         if self.weight is not None:
@@ -131,20 +166,20 @@ class BatchNorm:
         if self.bias is not None:
             self.bias[...] = 0
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, bias={self.bias is not None}, "
                 f"track_running_stats={self.track_running_stats}, layout={self.layout!r}, "
                 f"activation={self.activation!r})")
 
-    def train(self, mode=True):
+    def train(self: _Layer, mode: bool = True) -> _Layer:
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self: _Layer) -> _Layer:
         return self.train(False)
 
-    def forward(self, x, residual=None):
+    def forward(self, x: ArrayLike, residual: ArrayLike | None = None) -> FloatArray:
         """y = BN(x): batch statistics (and a running update) in training mode, running
         statistics in eval mode (batch statistics when track_running_stats=False).
 
@@ -159,12 +194,13 @@ class BatchNorm:
         """
         x = checked_input(self, x)
         if not self.training and self.track_running_stats:
-            y = _api.batch_norm_infer(x, self.running_mean, self.running_var, self.weight,
+            running_mean, running_var = _buffer(self.running_mean), _buffer(self.running_var)
+            y = _api.batch_norm_infer(x, running_mean, running_var, self.weight,
                                       self.bias, eps=self.eps, layout=self.layout,
                                       activation=self.activation, residual=residual,
                                       n_threads=self.n_threads)
             self._saved = _Saved(True, x, y if self.activation else None,
-                                 self.running_mean.copy(), self.running_var.copy(),
+                                 running_mean.copy(), running_var.copy(),
                                  None if self.weight is None else self.weight.copy(),
                                  residual is not None)
             return y
@@ -184,10 +220,13 @@ class BatchNorm:
                              residual is not None)
         return y
 
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+    def __call__(self, x: ArrayLike, residual: ArrayLike | None = None) -> FloatArray:
+        # forward(x) alone when there is no residual: subclasses' forward may take only x
+        return self.forward(x) if residual is None else self.forward(x, residual)
 
-    def backward(self, dy):
+    # FloatArray | Any: an array, or (dx, d_residual) after a forward with a residual; the
+    # Any (typeshed's convention) spares callers a check the layer's state already decides
+    def backward(self, dy: ArrayLike) -> FloatArray | Any:
         """Gradients of the last forward: returns dx, or ``(dx, d_residual)`` when it was given
         a residual; sets grad_weight and grad_bias (None when affine=False). After an eval-mode
         forward with running statistics, the gradients go through those frozen statistics
@@ -196,35 +235,40 @@ class BatchNorm:
         if self._saved is None:
             raise RuntimeError("backward() needs a forward() first")
         s = self._saved
-        grads = _api.batch_norm_infer_backward if s.frozen else _api.batch_norm_backward
-        kwargs = {"eps": self.eps} if s.frozen else {}
-        dx, dw, db, *d_residual = grads(dy, s.x, s.stat0, s.stat1, s.weight, layout=self.layout,
-                                        y=s.y, activation=self.activation, residual=s.residual,
-                                        n_threads=self.n_threads, **kwargs)
+        if s.frozen:
+            grads = _api.batch_norm_infer_backward(
+                dy, s.x, s.stat0, s.stat1, s.weight, eps=self.eps, layout=self.layout, y=s.y,
+                activation=self.activation, residual=s.residual, n_threads=self.n_threads)
+        else:
+            grads = _api.batch_norm_backward(
+                dy, s.x, s.stat0, s.stat1, s.weight, layout=self.layout, y=s.y,
+                activation=self.activation, residual=s.residual, n_threads=self.n_threads)
+        dx, dw, db, *d_residual = grads
         self._set_grads(dw, db)
         return (dx, d_residual[0]) if s.residual else dx
 
-    def _set_grads(self, dweight, dbias):
+    def _set_grads(self, dweight: FloatArray, dbias: FloatArray) -> None:
         """grad_weight/grad_bias for the parameters the layer has, None for those it has not."""
         self.grad_weight = dweight if self.weight is not None else None
         self.grad_bias = dbias if self.bias is not None else None
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, NDArray[Any]]:
         """Parameters and buffers as NumPy arrays under PyTorch's key names (weight, bias,
         running_mean, running_var, num_batches_tracked; those the layer has, as PyTorch), so
         they move to and from ``torch.nn.BatchNorm*d``."""
-        d = {}
+        d: dict[str, NDArray[Any]] = {}
         if self.weight is not None:
             d["weight"] = self.weight.copy()
         if self.bias is not None:
             d["bias"] = self.bias.copy()
         if self.track_running_stats:
-            d["running_mean"] = self.running_mean.copy()
-            d["running_var"] = self.running_var.copy()
+            d["running_mean"] = _buffer(self.running_mean).copy()
+            d["running_var"] = _buffer(self.running_var).copy()
             d["num_batches_tracked"] = np.asarray(self.num_batches_tracked, np.int64)
         return d
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike],
+                        strict: bool = True) -> IncompatibleKeys:
         """Load parameters and buffers saved by ``state_dict()`` here or by
         ``torch.nn.BatchNorm*d`` (NumPy arrays, or anything ``np.asarray`` accepts).
 
@@ -242,7 +286,7 @@ class BatchNorm:
         if strict and (missing or unexpected):
             raise ValueError(f"state_dict keys must be {want}, got {list(state_dict)} "
                              f"(missing {missing}, unexpected {unexpected})")
-        arrays = {}
+        arrays: dict[str, Any] = {}
         for k in want:
             if k not in state_dict:
                 continue
@@ -259,20 +303,21 @@ class BatchNorm:
                 self.num_batches_tracked = a
             else:
                 getattr(self, k)[...] = a
-        return _IncompatibleKeys(missing, unexpected)
+        return IncompatibleKeys(missing, unexpected)
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write state_dict() to an .npz file."""
-        np.savez(path, **self.state_dict())
+        arrays: dict[str, Any] = self.state_dict()   # Any: savez's **kwds, not allow_pickle
+        np.savez(path, **arrays)
 
-    def load(self, path):
+    def load(self: _Layer, path: str | os.PathLike[str]) -> _Layer:
         """Read an .npz written by save() into this layer (an instance method: build the layer
         with the same num_features/affine/track_running_stats first); returns the layer."""
         with np.load(path) as f:
             self.load_state_dict(dict(f))
         return self
 
-    def _check_input_dim(self, x):
+    def _check_input_dim(self, x: FloatArray) -> None:
         """PyTorch's rank check of BatchNorm1d/2d/3d, with its wording (any rank >= 2 here)."""
         if self._input_ranks is not None and x.ndim not in self._input_ranks:
             wanted = " or ".join(f"{r}D" for r in self._input_ranks)
@@ -297,7 +342,7 @@ class BatchNorm3d(BatchNorm):
     _input_ranks = (5,)
 
 
-def checked_input(layer, x):
+def checked_input(layer: BatchNorm, x: ArrayLike) -> FloatArray:
     """x as an ndarray of the layer's dtype with num_features channels in its layout."""
     x = v.float_array(x, "x")
     layer._check_input_dim(x)

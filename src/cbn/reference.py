@@ -36,18 +36,33 @@ is the gradient reaching batch norm (dy, masked by y > 0 after a ReLU).
 Layouts: "NCHW" / "channels_first" puts the channel on axis 1, "NHWC" / "channels_last" on the
 last axis; any ndim >= 2.
 """
+from __future__ import annotations
+
+from typing import Any, Optional, overload
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ._layout import canonical_view, channel_axis
+from ._types import Layout
+
+# results are in the `dtype` argument's dtype (float64 by default)
+_Array = NDArray[Any]
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_infer",
            "batch_norm_infer_backward", "fold_scale_shift"]
 
-def _as(a, dtype):
+@overload
+def _as(a: None, dtype: DTypeLike) -> None: ...
+@overload
+def _as(a: ArrayLike, dtype: DTypeLike) -> _Array: ...
+@overload
+def _as(a: ArrayLike | None, dtype: DTypeLike) -> _Array | None: ...
+def _as(a: ArrayLike | None, dtype: DTypeLike) -> _Array | None:
     return None if a is None else np.asarray(a, dtype=dtype)
 
 
-def _geometry(x, layout):
+def _geometry(x: _Array, layout: str) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
     """(reduction axes, per-channel broadcast shape, C, M) for x in `layout`."""
     canonical_view(x.shape, layout)   # ValueError for a bad layout or rank
     axis = channel_axis(layout, x.ndim)
@@ -59,9 +74,13 @@ def _geometry(x, layout):
     return axes, tuple(bshape), C, M
 
 
-def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_var=None,
-                     momentum=0.1, eps=1e-5, layout="NCHW", unbiased_running_var=True,
-                     residual=None, dtype=np.float64):
+def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None,
+                     bias: ArrayLike | None = None, *, running_mean: ArrayLike | None = None,
+                     running_var: ArrayLike | None = None, momentum: float = 0.1,
+                     eps: float = 1e-5, layout: Layout = "NCHW",
+                     unbiased_running_var: bool = True, residual: ArrayLike | None = None,
+                     dtype: DTypeLike = np.float64
+                     ) -> tuple[_Array, _Array, _Array, Optional[_Array], Optional[_Array]]:
     """Training forward (plus `residual` when given).
 
     Returns ``(y, save_mean, save_invstd, new_running_mean, new_running_var)``, all `dtype`;
@@ -88,8 +107,10 @@ def batch_norm_train(x, weight=None, bias=None, *, running_mean=None, running_va
     return y, mean, invstd, new_rm, new_rv
 
 
-def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="NCHW",
-                        dtype=np.float64):
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, save_mean: ArrayLike,
+                        save_invstd: ArrayLike, weight: ArrayLike | None = None, *,
+                        layout: Layout = "NCHW",
+                        dtype: DTypeLike = np.float64) -> tuple[_Array, _Array, _Array]:
     """Gradients of the training forward: ``(dx, dweight, dbias)``, all `dtype`."""
     dy = _as(dy, dtype)
     x = _as(x, dtype)
@@ -104,8 +125,10 @@ def batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, *, layout="N
     return dx, dweight, dbias
 
 
-def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5, *,
-                     dtype=np.float64):
+def fold_scale_shift(running_mean: ArrayLike, running_var: ArrayLike,
+                     weight: ArrayLike | None = None, bias: ArrayLike | None = None,
+                     eps: float = 1e-5, *,
+                     dtype: DTypeLike = np.float64) -> tuple[_Array, _Array]:
     """Per-channel ``(scale, shift)`` in `dtype` with ``y = x * scale + shift``."""
     running_mean = _as(running_mean, dtype)
     scale = 1.0 / np.sqrt(_as(running_var, dtype) + eps)
@@ -117,8 +140,10 @@ def fold_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5
     return scale, shift
 
 
-def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                     layout="NCHW", residual=None, dtype=np.float64):
+def batch_norm_infer(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+                     weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+                     eps: float = 1e-5, layout: Layout = "NCHW",
+                     residual: ArrayLike | None = None, dtype: DTypeLike = np.float64) -> _Array:
     """Inference (frozen statistics): ``y = x * scale + shift`` (+ residual) in `dtype`."""
     x = _as(x, dtype)
     axes, b, C, M = _geometry(x, layout)
@@ -129,8 +154,10 @@ def batch_norm_infer(x, running_mean, running_var, weight=None, bias=None, *, ep
     return y
 
 
-def batch_norm_infer_backward(dy, x, running_mean, running_var, weight=None, *, eps=1e-5,
-                              layout="NCHW", dtype=np.float64):
+def batch_norm_infer_backward(dy: ArrayLike, x: ArrayLike, running_mean: ArrayLike,
+                              running_var: ArrayLike, weight: ArrayLike | None = None, *,
+                              eps: float = 1e-5, layout: Layout = "NCHW",
+                              dtype: DTypeLike = np.float64) -> tuple[_Array, _Array, _Array]:
     """Gradients of inference (the statistics are constants): ``(dx, dweight, dbias)``."""
     dy = _as(dy, dtype)
     x = _as(x, dtype)

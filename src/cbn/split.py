@@ -16,24 +16,32 @@ phases (cbn.distributed does this over MPI). Each function here is one C kernel:
 On one process these give the results of `batch_norm_train` / `batch_norm_backward`
 (to rounding: the single-process kernels fuse the phases and sum in another order).
 """
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _core
 from . import _validate as v
 from ._layout import canonical_view
 from ._threads import resolve_threads
+from ._types import Activation, FloatArray, Layout, Threads
 from ._validate import F64 as _F64
 # Argument names for v.refuse_overlaps: the output, then the per-channel arrays read.
 _NORMALIZE_BUFFERS = ("out", "mean", "invstd", "weight", "bias")
 _DX_BUFFERS = ("out", "mean", "invstd", "weight", "sum_dy", "sum_dy_xmu", "sum_xmu")
 
 
-def _stats_array(a, name, C):
+_F64Array = NDArray[np.float64]
+
+
+def _stats_array(a: ArrayLike, name: str, C: int) -> FloatArray:
     """A per-channel float64 statistic (read-only), shape (C,)."""
     return v.channel_param(a, name, C, _F64)
 
 
-def batch_stats(x, *, layout="NCHW", n_threads=None):
+def batch_stats(x: ArrayLike, *, layout: Layout = "NCHW",
+                n_threads: Threads = None) -> tuple[int, _F64Array, _F64Array]:
     """Per-channel count, mean and M2 (sum of squared deviations) of x, in float64.
 
     Returns
@@ -52,7 +60,8 @@ def batch_stats(x, *, layout="NCHW", n_threads=None):
     return N * S, mean, m2
 
 
-def combine_stats(counts, means, m2s):
+def combine_stats(counts: ArrayLike, means: ArrayLike,
+                  m2s: ArrayLike) -> tuple[float, _F64Array, _F64Array]:
     """Combine per-part (count, mean, M2) into those of all parts together, exactly.
 
     Chan et al.'s pairwise update, parts merged in the order given, so every process that
@@ -90,8 +99,10 @@ def combine_stats(counts, means, m2s):
     return total, mean, m2
 
 
-def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCHW",
-                         activation=None, out=None, n_threads=None):
+def batch_norm_normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                         weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+                         layout: Layout = "NCHW", activation: Activation = None,
+                         out: FloatArray | None = None, n_threads: Threads = None) -> FloatArray:
     """``y = (x - mean) * invstd * weight + bias`` per channel, given the statistics.
 
     mean and invstd are float64 (C,) (e.g. from `combine_stats`); weight and bias are cast to
@@ -112,8 +123,10 @@ def batch_norm_normalize(x, mean, invstd, weight=None, bias=None, *, layout="NCH
     return y
 
 
-def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="NCHW",
-                               n_threads=None):
+def batch_norm_backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *,
+                               y: ArrayLike | None = None, activation: Activation = None,
+                               layout: Layout = "NCHW", n_threads: Threads = None
+                               ) -> tuple[_F64Array, _F64Array, _F64Array]:
     """Per-channel ``sum(dy)``, ``sum(dy * (x - mean))`` and ``sum(x - mean)`` in float64 (dy
     masked by ``y > 0`` with ``activation="relu"``): the sums to all-reduce in a data-parallel
     backward.
@@ -142,16 +155,19 @@ def batch_norm_backward_reduce(dy, x, mean, *, y=None, activation=None, layout="
     return sum_dy, sum_dy_xmu, sum_xmu
 
 
-def _count_value(count):
+def _count_value(count: float) -> float:
     count = v.real_number(count, "count")
     if not count > 0:
         raise ValueError(f"count must be > 0 (values per channel over all processes), got {count}")
     return count
 
 
-def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, sum_xmu, count,
-                           weight=None, *, y=None, activation=None, layout="NCHW", out=None,
-                           n_threads=None):
+def batch_norm_backward_dx(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                           sum_dy: ArrayLike, sum_dy_xmu: ArrayLike, sum_xmu: ArrayLike,
+                           count: float, weight: ArrayLike | None = None, *,
+                           y: ArrayLike | None = None, activation: Activation = None,
+                           layout: Layout = "NCHW", out: FloatArray | None = None,
+                           n_threads: Threads = None) -> FloatArray:
     """dx of batch norm from the global sums (of `batch_norm_backward_reduce`) over `count`
     values per channel.
 
@@ -181,7 +197,8 @@ def batch_norm_backward_dx(dy, x, mean, invstd, sum_dy, sum_dy_xmu, sum_xmu, cou
     return dx
 
 
-def batch_norm_backward_params(sum_dy, sum_dy_xmu, sum_xmu, count, invstd):
+def batch_norm_backward_params(sum_dy: ArrayLike, sum_dy_xmu: ArrayLike, sum_xmu: ArrayLike,
+                               count: float, invstd: ArrayLike) -> tuple[FloatArray, FloatArray]:
     """``(dweight, dbias)`` from the global sums (of `batch_norm_backward_reduce`) over `count`
     values per channel, in invstd's dtype (invstd: the forward's save_invstd).
 
