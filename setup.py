@@ -72,6 +72,19 @@ class BuildLevels(build_ext):
     they define), into build_temp/<level>/, and links those objects in. Works from a checkout,
     an sdist and `python -m build` alike: the sources and this file are all it needs."""
 
+    def build_extensions(self):
+        # build/ is reused between builds: after a change of CBN_NATIVE, CBN_PORTABLE, CC or
+        # the flags, objects and libraries built the other way must not be taken as up to date
+        stamp = os.path.join(self.build_temp, "cbn_build_flags.txt")
+        flags = repr((mode, cflags, arch, LEVEL_FLAGS, os.environ.get("CC"),
+                      os.environ.get("CFLAGS")))
+        if not os.path.isfile(stamp) or open(stamp).read() != flags:
+            self.force = True
+        super().build_extensions()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(flags)
+
     def build_extension(self, ext):
         kernels = LEVELED_SOURCES.get(ext.name)
         if kernels and (self.force or newer_group(ext.sources + kernels + ext.depends,

@@ -1,12 +1,16 @@
-"""Worker for tests/test_cpu_dispatch.py: ``CBN_CPU_LEVEL=v3 python cpu_level_worker.py OUT.npz``.
+"""Worker for tests/test_cpu_dispatch.py:
+``CBN_CPU_LEVEL=v3 python cpu_level_worker.py OUT.npz [--reference]``.
 
 Imports cbn (which picks the forced level), then runs every public kernel (train, backward,
 inference, frozen-statistics backward, fold, and the four split phases; plain, and with a fused
 ReLU and residual) on both dtypes over `CASES`, on 1 and 2 threads (asserting the same bits),
 and saves to OUT.npz, for each output "<case>/<dtype>/<op>/<name>": the SHA-256 of its bytes
-(key + "#sha") and its values (every SAMPLE_STEP-th value of arrays over FULL_SIZE values:
-flat, key + "#sample"), with the level it ran at under "level". The inputs depend only on the
-case (`inputs`), so workers at different levels compute the same thing.
+(key + "#sha") and its values (at most SAMPLE_SIZE of them, evenly strided: key + "#sample"),
+with the level it ran at under "level". With --reference, also the float64 NumPy reference
+(cbn.reference) of the training, backward and inference outputs, sampled the same way, under
+"<case>/<dtype>/reference/<op>/<name>#sample". The inputs depend only on the case (`inputs`),
+so workers at different levels compute the same thing. (Large arrays stay here: the test
+process keeps only small ones, which leaves its malloc state as the other tests expect.)
 
 Importing this module does not import cbn (the test imports `CASES` and `inputs` from it).
 """
@@ -15,8 +19,7 @@ import sys
 
 import numpy as np
 
-FULL_SIZE = 200_000
-SAMPLE_STEP = 97
+SAMPLE_SIZE = 8192
 
 # Shapes that reach each kernel path (tests/conftest.py tags them; tests/test_kernel_paths.py):
 # channels-first columns, groups, ranges; channels-last whole tiles and row blocks; the other
@@ -112,12 +115,25 @@ def outputs(cbn, case, dtype, n_threads):
 
 
 def sample(a):
-    """The values of a kept in OUT.npz: all of them, or every SAMPLE_STEP-th of a large one."""
+    """The values of a kept in OUT.npz: all of them, or every k-th, at most SAMPLE_SIZE."""
     a = np.asarray(a).ravel()
-    return a if a.size <= FULL_SIZE else a[::SAMPLE_STEP]
+    return a[::-(-a.size // SAMPLE_SIZE)] if a.size > SAMPLE_SIZE else a
 
 
-def main(path):
+def reference_outputs(case, dtype, save_mean, save_invstd):
+    """{op/name: float64 array} of cbn.reference for the training forward (with running
+    statistics), backward (at the kernels' own save_mean and save_invstd) and inference."""
+    from cbn import reference as ref
+    layout = case[0]
+    x, dy, _, weight, bias, rm, rv = inputs(case, dtype)
+    y, mean, invstd, _, _ = ref.batch_norm_train(x, weight, bias, layout=layout)
+    dx, dw, db = ref.batch_norm_backward(dy, x, save_mean, save_invstd, weight, layout=layout)
+    return {"train/y": y, "train/save_mean": mean, "train/save_invstd": invstd,
+            "backward/dx": dx, "backward/dweight": dw, "backward/dbias": db,
+            "infer/y": ref.batch_norm_infer(x, rm, rv, weight, bias, layout=layout)}
+
+
+def main(path, reference=False):
     import cbn
     saved = {"level": np.array(cbn.cpu_level())}
     for case in CASES:
@@ -129,8 +145,13 @@ def main(path):
                 key = f"{case_key(case)}/{np.dtype(dtype).name}/{name}"
                 saved[key + "#sha"] = np.array(hashlib.sha256(a.tobytes()).hexdigest())
                 saved[key + "#sample"] = sample(a)
+            if reference:
+                prefix = f"{case_key(case)}/{np.dtype(dtype).name}/reference/"
+                for name, a in reference_outputs(case, dtype, runs[0]["train/save_mean"],
+                                                 runs[0]["train/save_invstd"]).items():
+                    saved[prefix + name + "#sample"] = sample(a)
     np.savez(path, **saved)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], reference="--reference" in sys.argv[2:])
