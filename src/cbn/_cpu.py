@@ -4,14 +4,17 @@ The default build holds the kernels compiled for three x86-64 levels (x86-64-v2,
 runs the best one this CPU supports; CBN_CPU_LEVEL=v2|v3|v4 in the environment forces one.
 Single-level builds (CBN_NATIVE=1, CBN_PORTABLE=1, non-x86 machines) run the one they have.
 """
+from __future__ import annotations
+
 import os
+from collections.abc import Mapping
 
 from . import _core
 
 LEVELS = ("v2", "v3", "v4")
 
 
-def cpu_level():
+def cpu_level() -> str:
     """The instruction-set level cbn's kernels run at.
 
     Returns
@@ -24,11 +27,11 @@ def cpu_level():
     return _core.cpu_level()
 
 
-def _supported():
+def _supported() -> list[str]:
     return [lv for lv in LEVELS if _core.cpu_supports_level(lv)]
 
 
-def _select_at_import(environ=os.environ):
+def _select_at_import(environ: Mapping[str, str] = os.environ) -> None:
     """Choose the level from CBN_CPU_LEVEL (unset or empty: the best this CPU has); ImportError
     naming the level and what the CPU supports when that is impossible."""
     want = environ.get("CBN_CPU_LEVEL", "").strip()
