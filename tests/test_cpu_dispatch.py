@@ -132,7 +132,8 @@ def test_single_level_build_refuses_other_levels(monkeypatch):
 def test_select_refuses_without_changing_the_level():
     before = cbn.cpu_level()
     assert _core.select_cpu_level("v9") == -1
-    assert _core.select_cpu_level("") == 0          # the best: the default
+    assert cbn.cpu_level() == before
+    assert _core.select_cpu_level(before) == 0      # the level in use is always accepted
     assert cbn.cpu_level() == before
 
 
