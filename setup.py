@@ -78,8 +78,11 @@ class BuildLevels(build_ext):
         stamp = os.path.join(self.build_temp, "cbn_build_flags.txt")
         flags = repr((mode, cflags, arch, LEVEL_FLAGS, os.environ.get("CC"),
                       os.environ.get("CFLAGS")))
-        if not os.path.isfile(stamp) or open(stamp).read() != flags:
+        if not os.path.isfile(stamp):
             self.force = True
+        else:
+            with open(stamp) as f:
+                self.force = self.force or f.read() != flags
         super().build_extensions()
         os.makedirs(self.build_temp, exist_ok=True)
         with open(stamp, "w") as f:
