@@ -10,9 +10,10 @@
  * (the kernel sources find their private headers next to themselves; only -Iinclude is needed;
  * examples/embed.c and examples/Makefile show the exact command).
  * The Python build uses the same sources with -O3 -std=c99 -ffp-contract=off -fno-math-errno
- * -fno-trapping-math -fopenmp [-march=native]: with those flags and the same compiler, an
- * embedded build returns the bits the Python package returns. Never use -ffast-math (it
- * reorders the fixed-order sums).
+ * -fno-trapping-math -fopenmp, the kernel files once per x86-64 level (-march=x86-64-v2, -v3,
+ * -v4; one chosen at run time, see README "CPU levels"): with those flags and the same compiler,
+ * an embedded build returns the bits the Python package returns at that level (v3, v4 and
+ * -march=native give the same bits). Never use -ffast-math (it reorders the fixed-order sums).
  * Without -fopenmp the library is serial and otherwise identical (cbn_openmp_enabled() == 0).
  * An installed Python package ships this header in the directory cbn.get_include() returns, the
  * kernel sources in cbn/csrc/, and a Cython declaration file: `from cbn.cbn cimport ...`.
@@ -63,8 +64,8 @@
  * on a small machine. Results are bit-identical for every n_threads: work is cut into chunks
  * whose bounds depend only on the shape, partial sums keep a fixed number of lanes, and chunk
  * results are combined in a fixed order. (A build for a CPU with FMA instructions, such as
- * -march=native on a recent x86-64, rounds each product of the sums of squares once instead of
- * twice, so its last bits may differ from a portable build's.)
+ * -march=x86-64-v3 or -march=native on a recent x86-64, rounds each product of the sums of
+ * squares once instead of twice, so its last bits may differ from a build without FMA.)
  * Thread safety: calls are reentrant and may run concurrently from several threads as long as
  * no call writes an array another call reads or writes (the library's global state, such as
  * the fork flag below, is set once or exchanged atomically). A call on several threads opens

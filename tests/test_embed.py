@@ -3,13 +3,16 @@ the Python API.
 
 The program is compiled twice from the repository's sources:
 
-* with the flags setup.py gives the extension (same compiler, -O3 -std=c99 -ffp-contract=off
-  -fno-math-errno -fno-trapping-math, -march=native unless CBN_PORTABLE=1, -fopenmp when cbn
-  has OpenMP, else -fopenmp-simd). That is the same machine code for the kernels, so every output must be
-  bit-identical to what cbn.batch_norm_train / batch_norm_backward / batch_norm_infer return on
-  the same input. The thread count does not matter (results are bit-identical for every
-  n_threads), and -ffp-contract=off rules out fused multiply-adds the compiler could choose
-  differently.
+* with the flags setup.py gives the kernels that the installed cbn runs (same compiler, -O3
+  -std=c99 -ffp-contract=off -fno-math-errno -fno-trapping-math, the -march of cbn.cpu_level():
+  -march=x86-64-vN for a dispatched build's level, -march=native for CBN_NATIVE=1, none for
+  CBN_PORTABLE=1; -fopenmp when cbn has OpenMP, else -fopenmp-simd). That is the same machine
+  code for the kernels, so every output must be bit-identical to what cbn.batch_norm_train /
+  batch_norm_backward / batch_norm_infer return on the same input. The thread count does not
+  matter (results are bit-identical for every n_threads), and -ffp-contract=off rules out fused
+  multiply-adds the compiler could choose differently.
+* with -march=native when cbn runs a level with FMA (v3, v4): another vector width and tuning,
+  the same lanes and the same fused multiply-adds, so again the same bits.
 * with the plain command documented in the README. The sums' order is fixed by the source (32
   lanes), but without -march=native the compiler has no FMA instruction, so the sums of squares
   and products round each a*b + c twice instead of once: outputs then agree to a few units in
@@ -49,18 +52,30 @@ def _kernel_sources():
     return sorted(os.path.join(KERNEL_DIR, f) for f in os.listdir(KERNEL_DIR) if f.endswith(".c"))
 
 
-def _extension_flags():
-    """setup.py's flags (see setup.py and tools/openmp_probe.py): -fopenmp, or -fopenmp-simd
-    for a serial build, so that the `omp simd` loops are vectorized the same way."""
+def _level_flags(level):
+    """The -march flags of a level as setup.py compiles it (tools/cpu_levels.py)."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        from cpu_levels import LEVEL_FLAGS, SINGLE_LEVEL_FLAGS
+    finally:
+        sys.path.pop(0)
+    return {**LEVEL_FLAGS, **SINGLE_LEVEL_FLAGS}[level]
+
+
+def _extension_flags(level=None):
+    """setup.py's flags for the kernels at `level` (default: the one the installed cbn runs,
+    cbn.cpu_level()): -fopenmp, or -fopenmp-simd for a serial build, so that the `omp simd`
+    loops are vectorized the same way."""
     flags = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
-    if os.environ.get("CBN_PORTABLE") != "1":
-        flags.append("-march=native")
+    flags += _level_flags(level or cbn.cpu_level())
     flags.append("-fopenmp" if cbn.openmp_enabled() else "-fopenmp-simd")
     return flags
 
 
-# Flags setup.py drops when the compiler refuses them (its probes).
-_OPTIONAL_FLAGS = ("-march=native", "-fopenmp-simd")
+def _optional(flag):
+    """Flags setup.py drops when the compiler refuses them (its probes)."""
+    return flag.startswith("-march=") or flag == "-fopenmp-simd"
 
 
 def _build_and_run(tmp_path, flags):
@@ -72,8 +87,8 @@ def _build_and_run(tmp_path, flags):
     exe = str(tmp_path / "embed")
     cmd = cc + flags + [f"-I{INCLUDE}", EXAMPLE] + _kernel_sources() + ["-lm", "-o", exe]
     build = subprocess.run(cmd, capture_output=True, text=True)
-    if build.returncode != 0 and any(f in flags for f in _OPTIONAL_FLAGS):   # as setup.py does
-        flags = [f for f in flags if f not in _OPTIONAL_FLAGS]
+    if build.returncode != 0 and any(map(_optional, flags)):   # as setup.py does
+        flags = [f for f in flags if not _optional(f)]
         cmd = cc + flags + [f"-I{INCLUDE}", EXAMPLE] + _kernel_sources() + ["-lm", "-o", exe]
         build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr}"
@@ -150,6 +165,13 @@ def report_same_flags(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def report_native(tmp_path_factory):
+    if cbn.cpu_level() not in ("v3", "v4"):
+        pytest.skip(f"cbn runs level {cbn.cpu_level()!r}: no FMA level to compare with native")
+    return _build_and_run(tmp_path_factory.mktemp("embed_native"), _extension_flags("native"))
+
+
+@pytest.fixture(scope="module")
 def report_readme(tmp_path_factory):
     flags = README_FLAGS if cbn.openmp_enabled() else README_FLAGS[:-1]
     return _build_and_run(tmp_path_factory.mktemp("embed_readme"), flags)
@@ -188,7 +210,13 @@ def test_same_flags_bit_identical(report_same_flags):
                     f"{diff.size} of {got.size} values differ from the Python API (first at "
                     f"{diff[:3]}: {got[diff[:3]].tolist()} vs {want[diff[:3]].tolist()}). "
                     f"Was the installed cbn built with another compiler or other flags (CC, "
-                    f"CBN_PORTABLE)?")
+                    f"CBN_NATIVE, CBN_PORTABLE)?")
+
+
+def test_native_build_bit_identical(report_native):
+    """A -march=native build (other vector width and tuning) against the FMA level cbn runs:
+    the lanes and the fused multiply-adds are fixed by the source, so the same bits."""
+    test_same_flags_bit_identical(report_native)
 
 
 def test_readme_command_close(report_readme):

@@ -24,7 +24,7 @@ def test_calls_from_inside_a_parallel_region(tmp_path):
     cmd = cc + _extension_flags() + [f"-I{INCLUDE}", PROGRAM] + _kernel_sources() + ["-lm", "-o", exe]
     build = subprocess.run(cmd, capture_output=True, text=True)
     if build.returncode != 0:          # as setup.py does when the CPU flag is refused
-        cmd = [a for a in cmd if a != "-march=native"]
+        cmd = [a for a in cmd if not a.startswith("-march=")]
         build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr}"
     try:

@@ -79,9 +79,23 @@ def openmp_flags():
     return (["-fopenmp-simd"] if ok else []), []
 
 
-def arch_flags():
-    """-march=native unless CBN_PORTABLE=1 or the compiler refuses it."""
-    if os.environ.get("CBN_PORTABLE") == "1":
-        return []
+def compiles(source, cflags):
+    """True when `source` compiles to an object file with the flags (nothing is run: the flags
+    may target a CPU other than this one)."""
+    tmp = tempfile.mkdtemp(prefix="cbn_probe_")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        cmd = compiler() + list(cflags) + ["-c", src, "-o", os.path.join(tmp, "probe.o")]
+        return subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def native_flags():
+    """-march=native, or nothing when the compiler refuses it (CBN_NATIVE=1 builds)."""
     ok, _ = compiles_and_runs(PLAIN_PROBE, ["-march=native"])
     return ["-march=native"] if ok else []

@@ -18,6 +18,14 @@ cdef extern from "thread_limit.h" nogil:
     int cbn_thread_limit(int requested)
 
 
+cdef extern from "dispatch.h" nogil:
+    int cbn_cpu_supports_level(const char *level)
+    int cbn_cpu_dispatched()
+    const char *cbn_cpu_level()
+    int cbn_select_cpu_level(const char *level)
+    const char *cbn_dispatched_kernel(int i)
+
+
 cdef extern from "plan.h" nogil:
     ctypedef struct cbn_plan:
         int channels_last
@@ -166,6 +174,36 @@ def max_threads():
 
 def release_memory():
     cbn_release_memory()
+
+
+def cpu_supports_level(str level):
+    """Whether this CPU and OS can run level ("v2", "v3", "v4"); False for other names."""
+    return cbn_cpu_supports_level(level.encode("ascii", "replace")) != 0
+
+
+def cpu_dispatched():
+    """True in the dispatched build (levels chosen at run time), False in a single-level one."""
+    return cbn_cpu_dispatched() != 0
+
+
+def cpu_level():
+    """The level the kernels run at (see src/cbn/csrc/dispatch.h)."""
+    return cbn_cpu_level().decode("ascii")
+
+
+def select_cpu_level(str level):
+    """Run the kernels at level from now on ("" = the best the CPU has); the C status code."""
+    return cbn_select_cpu_level(level.encode("ascii", "replace"))
+
+
+def dispatched_kernels():
+    """Names of the entry points the dispatched build forwards (csrc/kernel_list.h)."""
+    names = []
+    cdef const char *name = cbn_dispatched_kernel(0)
+    while name != NULL:
+        names.append(name.decode("ascii"))
+        name = cbn_dispatched_kernel(len(names))
+    return names
 
 
 def thread_limit(int requested):

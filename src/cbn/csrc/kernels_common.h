@@ -8,8 +8,8 @@
 
 /* a*b + c, fused (one rounding) where the CPU has FMA instructions: the sums of squares and
  * products then run on the FMA units beside the adds, and round once instead of twice. A build
- * without FMA (CBN_PORTABLE on x86-64) computes a*b + c; results are bit-identical for any
- * thread count within one build. */
+ * without FMA (the x86-64-v2 level, CBN_PORTABLE) computes a*b + c; results are bit-identical
+ * for any thread count within one build, and across builds that have FMA (v3, v4, native). */
 #if defined(__FMA__) || defined(__aarch64__)
 #define MULADD(a, b, c) fma((a), (b), (c))
 #else
@@ -18,7 +18,14 @@
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
+/* Every name defined here carries the type's suffix; in the dispatched build (dispatch.c), where
+ * this file is compiled once per CPU level with CBN_KERNEL_LEVEL set (v2, v3, v4), the level's
+ * suffix too: cbn_infer_f32 becomes cbn_infer_f32_v3, and dispatch.c defines cbn_infer_f32. */
+#ifdef CBN_KERNEL_LEVEL
+#define FN(name) CAT(CAT(name, SFX), CBN_KERNEL_LEVEL)
+#else
 #define FN(name) CAT(name, SFX)
+#endif
 
 /* OP_FROZEN_DX: the elementwise pass of backward through frozen statistics (the job's op is
  * then OP_BACKWARD, see apply_op). */
