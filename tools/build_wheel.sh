@@ -110,7 +110,9 @@ step_done
 
 step "4/5 the repaired wheel in a fresh venv: the fast test suite, outside the source tree"
 fresh_venv "$WORK/wheel-venv"
-"$WORK/wheel-venv/bin/python" -m pip install -q "$WHEEL[test]"
+# Cython and setuptools too: tests/test_cython_embed.py builds a module that cimports the
+# installed cbn (as a user of the wheel would), and skips without them.
+"$WORK/wheel-venv/bin/python" -m pip install -q "$WHEEL[test]" "Cython>=3" setuptools
 # The tests as the sdist ships them, with what they read besides the package (examples/,
 # tools/cpu_levels.py, README.md, pytest's settings in pyproject.toml), without src/, include/
 # or setup.py: `import cbn` can only find the installed wheel.
@@ -124,8 +126,9 @@ where=$("$WORK/wheel-venv/bin/python" -c \
     "import cbn; print(cbn.__file__, cbn.cpu_level(), cbn.openmp_enabled())")
 echo "   cbn: $where"
 case "$where" in
-    "$WORK/wheel-venv/"*" True") ;;
-    *) echo "build_wheel.sh: import cbn did not find the installed wheel with OpenMP: $where" >&2
+    "$WORK/wheel-venv/"*" v"[234]" True") ;;
+    *) echo "build_wheel.sh: import cbn did not find the installed, dispatched wheel with" \
+            "OpenMP: $where" >&2
        exit 1 ;;
 esac
 if [ -n "${CBN_WHEEL_PYTEST:-}" ]; then
@@ -133,7 +136,7 @@ if [ -n "${CBN_WHEEL_PYTEST:-}" ]; then
 else
     pytest_args=(-q -rs -m "not slow")
 fi
-echo "+ python -m pytest ${pytest_args[*]}  (in $WORK/run)"
+echo "+ python -m pytest ${pytest_args[*]@Q}  (in $WORK/run)"
 "$WORK/wheel-venv/bin/python" -m pytest -p no:cacheprovider "${pytest_args[@]}" tests
 cd "$ROOT"
 step_done
@@ -152,6 +155,7 @@ from cbn import reference
 
 assert cbn.__file__.startswith(sys.argv[1]), f"cbn imported from {cbn.__file__}"
 assert cbn.openmp_enabled(), "the sdist build has no OpenMP"
+assert cbn.cpu_level() in ("v2", "v3", "v4"), f"not the dispatched build: {cbn.cpu_level()}"
 rng = np.random.default_rng(0)
 x = rng.standard_normal((8, 5, 6, 7))
 gamma, beta = rng.standard_normal(5), rng.standard_normal(5)
