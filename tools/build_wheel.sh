@@ -72,16 +72,7 @@ TOOLS="$WORK/tools/bin"
 step_done
 
 step "2/5 sdist of a clean copy, then the wheel built from the sdist"
-mkdir -p "$WORK/tree"
-if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    # tracked files plus untracked ones git does not ignore: no build/, no .so, no egg-info
-    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
-        while IFS= read -r -d '' f; do if [ -f "$f" ]; then printf '%s\0' "$f"; fi; done |
-        tar --null -T - -cf -) | tar -xf - -C "$WORK/tree"
-else
-    cp -a "$ROOT/." "$WORK/tree"
-    rm -rf "$WORK/tree/build" "$WORK/tree/dist" "$WORK/tree"/src/*.egg-info
-fi
+bash "$ROOT/tools/clean_copy.sh" "$WORK/tree"   # no build/, no .so, no egg-info
 "$TOOLS/python" -m build --outdir "$WORK/raw" "$WORK/tree" > "$WORK/build.log" 2>&1 ||
     { tail -n 60 "$WORK/build.log"; echo "build_wheel.sh: python -m build failed" >&2; exit 1; }
 grep -E "^cbn: " "$WORK/build.log" || true
