@@ -32,10 +32,13 @@ import cbn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "embed.c")
-KERNEL_DIR = os.path.join(ROOT, "src", "cbn", "csrc")
-INCLUDE = os.path.join(ROOT, "include")
+# The C sources and header of the cbn under test, as it ships them (cbn/csrc, cbn.get_include()):
+# the same files as src/cbn/csrc and include/ in a checkout, and also there when the tests run
+# against an installed wheel outside the source tree (tools/build_wheel.sh).
+KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(cbn.__file__)), "csrc")
+INCLUDE = cbn.get_include()
 
-# The README's command, run from the repository root.
+# The README's command (run there from the repository root; here on the package's copies).
 README_FLAGS = ["-O3", "-std=c99", "-ffp-contract=off", "-fopenmp"]
 
 
@@ -49,6 +52,8 @@ def _compiler():
 
 
 def _kernel_sources():
+    if not os.path.isdir(KERNEL_DIR):
+        return []
     return sorted(os.path.join(KERNEL_DIR, f) for f in os.listdir(KERNEL_DIR) if f.endswith(".c"))
 
 
@@ -83,7 +88,7 @@ def _build_and_run(tmp_path, flags):
     if cc is None:
         pytest.skip("no C compiler (CC, cc or gcc) on PATH")
     if not (os.path.isfile(EXAMPLE) and os.path.isdir(KERNEL_DIR)):
-        pytest.skip("examples/embed.c and src/cbn/csrc are not here (tests run outside the repo)")
+        pytest.skip("examples/embed.c or the package's csrc/ is not here")
     exe = str(tmp_path / "embed")
     cmd = cc + flags + [f"-I{INCLUDE}", EXAMPLE] + _kernel_sources() + ["-lm", "-o", exe]
     build = subprocess.run(cmd, capture_output=True, text=True)

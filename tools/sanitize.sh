@@ -52,18 +52,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== sanitize.sh: copying the sources to $WORK/src-tree"
-mkdir -p "$WORK/src-tree"
-if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    # tracked files plus untracked ones git does not ignore: no build outputs, no .so
-    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
-        while IFS= read -r -d '' f; do if [ -f "$f" ]; then printf '%s\0' "$f"; fi; done |
-        tar --null -T - -cf -) | tar -xf - -C "$WORK/src-tree"
-else
-    cp -a "$ROOT/." "$WORK/src-tree"
-    rm -rf "$WORK/src-tree/build" "$WORK/src-tree/src/cbn/_core.c"
-    find "$WORK/src-tree" \( -name '*.so' -o -name '*.o' -o -name '__pycache__' \) -prune \
-        -exec rm -rf {} +
-fi
+bash "$ROOT/tools/clean_copy.sh" "$WORK/src-tree"   # no build outputs, no .so
 cd "$WORK/src-tree"
 
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
