@@ -13,10 +13,15 @@ statistics (cbn_f16.c, cbn_bf16.c).
 
 bfloat16 tests are skipped when ml_dtypes is absent.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import cbn
+from cbn import _core
 from cbn import reference as ref
 from cbn import split
 from conftest import (ALL_CASES, STREAM_CASES, THREAD_CASES, assert_identical, case_id, make_x,
@@ -219,6 +224,54 @@ def test_output_at_odd_two_byte_offsets(rng, name):
         assert_identical(out.view(np.uint16), want.view(np.uint16))
         assert not raw[:base].view(np.uint16).any()
         assert not raw[base + x.size:].view(np.uint16).any()
+
+
+# Run in a subprocess at one CPU level (CBN_CPU_LEVEL): 16-bit train, backward and inference
+# against float32 at that level, on shapes of three paths; prints "ok".
+_LEVEL_CHECK = """
+import numpy as np, cbn
+names = ["float16"]
+try:
+    import ml_dtypes
+    names.append("bfloat16")
+except ImportError:
+    pass
+rng = np.random.default_rng(5)
+for name in names:
+    dt = np.dtype(np.float16) if name == "float16" else np.dtype(ml_dtypes.bfloat16)
+    for layout, shape in (("NCHW", (12, 8, 33, 31)), ("NCHW", (4, 300, 9, 11)),
+                          ("NHWC", (8, 20, 18, 24))):
+        x = rng.standard_normal(shape).astype(dt)
+        dy = rng.standard_normal(shape).astype(dt)
+        w = rng.random(x.shape[1 if layout == "NCHW" else -1]).astype(np.float32) + 0.5
+        y, m, s = cbn.batch_norm_train(x, w, layout=layout, activation="relu")
+        y32, m32, s32 = cbn.batch_norm_train(x.astype(np.float32), w, layout=layout,
+                                             activation="relu")
+        assert (y.view(np.uint16) == y32.astype(dt).view(np.uint16)).all(), (name, shape)
+        assert (m == m32).all() and (s == s32).all()
+        g = cbn.batch_norm_backward(dy, x, m, s, w, layout=layout, y=y, activation="relu")
+        g32 = cbn.batch_norm_backward(dy.astype(np.float32), x.astype(np.float32), m, s, w,
+                                      layout=layout, y=y.astype(np.float32), activation="relu")
+        assert (g[0].view(np.uint16) == g32[0].astype(dt).view(np.uint16)).all(), (name, shape)
+        assert (g[1] == g32[1]).all() and (g[2] == g32[2]).all()
+        yi = cbn.batch_norm_infer(x, m, 1 / s**2, w, layout=layout)
+        yi32 = cbn.batch_norm_infer(x.astype(np.float32), m, 1 / s**2, w, layout=layout)
+        assert (yi.view(np.uint16) == yi32.astype(dt).view(np.uint16)).all(), (name, shape)
+print("ok", cbn.cpu_level())
+"""
+
+
+@pytest.mark.skipif(not _core.cpu_dispatched(), reason="a single-level build")
+@pytest.mark.parametrize("level", [lv for lv in ("v2", "v3", "v4")
+                                   if _core.cpu_supports_level(lv)])
+def test_every_cpu_level_equals_float32_rounded(level):
+    """Each dispatched level's 16-bit kernels (v2: no F16C, SSE vectors; v4: AVX-512) against
+    the float32 kernels of the same level."""
+    env = dict(os.environ, CBN_CPU_LEVEL=level)
+    run = subprocess.run([sys.executable, "-c", _LEVEL_CHECK], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["ok", level]
 
 
 # ---- the conversions ---------------------------------------------------------------------------
