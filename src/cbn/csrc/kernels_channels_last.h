@@ -236,10 +236,10 @@ static inline void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, c
 #pragma omp simd
             for (int64_t j = 0; j < w; j++) {
                 const T e = GRAD(g, yr, j);
-                orow[j] = NARROW(op == OP_FROZEN_DX
-                                     ? scale[j] * e
-                                     : scale[j] * e + xmu[j] * (WIDEN(xr[j]) - center[j]) +
-                                           shift[j]);
+                /* x is read (and converted) even for frozen statistics: a select, not a branch,
+                 * so that the loop stays vectorized with 16-bit conversions */
+                const T full = scale[j] * e + xmu[j] * (WIDEN(xr[j]) - center[j]) + shift[j];
+                orow[j] = NARROW(op == OP_FROZEN_DX ? scale[j] * e : full);
                 if (dr) dr[j] = NARROW(e);
             }
         }
