@@ -8,7 +8,8 @@
  * CBN_KERNEL_TYPES (CBN_STORAGE_TYPES for a storage-only type such as float16, which has no
  * parameter-only kernels of its own); a new kernel is one entry in CBN_TENSOR_KERNELS or
  * CBN_PARAM_KERNELS (or, for a kernel of one type only, one entry in CBN_KERNELS_OTHER). A
- * kernel missing here fails the dispatched build at link time (its public name is then never defined) and tests/test_cpu_dispatch.py.
+ * kernel missing here fails the dispatched build at link time (its public name is then never
+ * defined) and tests/test_cpu_dispatch.py.
  */
 #ifndef CBN_KERNEL_LIST_H
 #define CBN_KERNEL_LIST_H
