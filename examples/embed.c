@@ -1,6 +1,7 @@
 /*
  * embed.c - cbn's C API without Python: a training forward, its backward and a frozen inference
- * on small deterministic inputs, for both element types and both layouts.
+ * on small deterministic inputs, for both element types and both layouts, and one case of
+ * 16-bit storage (bfloat16 tensors, float parameters).
  *
  * Build from the repository root with nothing but a C compiler (or: make -C examples):
  */
@@ -11,12 +12,13 @@
  * The report is text, one record per line, fields separated by single spaces:
  *
  *   openmp <0|1> <max threads>
- *   case <id> <f32|f64> <NCHW|NHWC> <N> <C> <H> <W> <none|relu> <momentum> <eps>
+ *   case <id> <f32|f64|bf16> <NCHW|NHWC> <N> <C> <H> <W> <none|relu> <momentum> <eps>
  *   array <id> <name> <count> <v0> <v1> ...
  *   error <code> <message ...>
  *
  * Values are printed with %.9g (float) or %.17g (double): enough digits to read every value back
- * exactly. The arrays of a case, in this order:
+ * exactly; bfloat16 values as the floats they are (the per-channel arrays of a bf16 case are
+ * float). The arrays of a case, in this order:
  *   inputs     x, dy (N*C*H*W values in the case's layout), weight, bias, running_mean0,
  *              running_var0 (C values)
  *   forward    y, save_mean, save_invstd, and running_mean, running_var after their update
@@ -32,6 +34,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cbn.h"
 
@@ -159,6 +162,104 @@ static int check(int rc, const char *what)
 RUN_CASE(float, f32)
 RUN_CASE(double, f64)
 
+/* ---- 16-bit storage: bfloat16 tensors, float parameters -------------------------------------
+ * A bfloat16 is the upper half of a float32's bits: it widens by a shift, and a float with at
+ * most 8 significant bits (the inputs below are multiples of 1/16 with |v| < 8) narrows by one,
+ * exactly. */
+static cbn_bfloat16 bf16_from_float(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (cbn_bfloat16)(u >> 16);
+}
+
+static float bf16_to_float(cbn_bfloat16 b)
+{
+    const uint32_t u = (uint32_t)b << 16;
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+static void print_bf16(FILE *f, int id, const char *name, const cbn_bfloat16 *a, int64_t n)
+{
+    fprintf(f, "array %d %s %lld", id, name, (long long)n);
+    for (int64_t i = 0; i < n; i++) fprintf(f, " %.9g", (double)bf16_to_float(a[i]));
+    fputc('\n', f);
+}
+
+/* The case of RUN_CASE with bfloat16 tensors (x, dy, y, dx, y_infer) and float parameters. */
+static int run_case_bf16(FILE *f, int id, cbn_layout layout, int64_t N, int64_t C, int64_t H,
+                         int64_t W, cbn_activation act)
+{
+    const int64_t S = H * W, total = N * C * S;
+    const int threads = cbn_max_threads();
+    int failed = 0;
+    cbn_bfloat16 *big = (cbn_bfloat16 *)malloc(sizeof(cbn_bfloat16) * (size_t)(5 * total));
+    float *small = (float *)malloc(sizeof(float) * (size_t)(11 * C));
+    if (!big || !small) {
+        free(big), free(small);
+        fprintf(stderr, "embed: out of memory\n");
+        return 1;
+    }
+    cbn_bfloat16 *x = big, *dy = x + total, *y = dy + total, *dx = y + total,
+                 *y_infer = dx + total;
+    float *weight = small, *bias = weight + C, *rmean0 = bias + C, *rvar0 = rmean0 + C;
+    float *rmean = rvar0 + C, *rvar = rmean + C, *save_mean = rvar + C;
+    float *save_invstd = save_mean + C, *dweight = save_invstd + C, *dbias = dweight + C;
+
+    lcg_state = SEED;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t s = 0; s < S; s++) {
+                const double u = uniform(), v = uniform();
+                const int64_t i = at(layout, n, c, s, C, S);
+                const double xv = (double)c - 1.0 + (1.0 + 0.5 * (double)c) * (2.0 * u - 1.0);
+                x[i] = bf16_from_float((float)(((int64_t)(xv * 16.0 + 256.0) - 256) / 16.0));
+                dy[i] = bf16_from_float((float)(((int64_t)(v * 32.0) - 16) / 16.0));
+            }
+    for (int64_t c = 0; c < C; c++) {
+        weight[c] = (float)(0.5 + uniform());
+        bias[c] = (float)(uniform() - 0.5);
+        rmean[c] = rmean0[c] = (float)(0.25 * (uniform() - 0.5));
+        rvar[c] = rvar0[c] = (float)(0.5 + uniform());
+    }
+    failed |= check(cbn_train_forward_bf16(x, y, N, C, S, layout, weight, bias, rmean, rvar,
+                                           MOMENTUM, EPS, 1, save_mean, save_invstd, act,
+                                           threads),
+                    "cbn_train_forward_bf16");
+    failed |= check(cbn_backward_bf16(dy, x, save_mean, save_invstd, weight,
+                                      act == CBN_ACTIVATION_RELU ? y : NULL, act, dx, dweight,
+                                      dbias, N, C, S, layout, threads),
+                    "cbn_backward_bf16");
+    failed |= check(cbn_infer_bf16(x, y_infer, N, C, S, layout, rmean, rvar, weight, bias, EPS,
+                                   act, threads),
+                    "cbn_infer_bf16");
+
+    fprintf(f, "case %d bf16 %s %lld %lld %lld %lld %s %.17g %.17g\n", id,
+            layout == CBN_CHANNELS_FIRST ? "NCHW" : "NHWC", (long long)N, (long long)C,
+            (long long)H, (long long)W, act == CBN_ACTIVATION_RELU ? "relu" : "none", MOMENTUM,
+            EPS);
+    print_bf16(f, id, "x", x, total);
+    print_bf16(f, id, "dy", dy, total);
+    print_f32(f, id, "weight", weight, C);
+    print_f32(f, id, "bias", bias, C);
+    print_f32(f, id, "running_mean0", rmean0, C);
+    print_f32(f, id, "running_var0", rvar0, C);
+    print_bf16(f, id, "y", y, total);
+    print_f32(f, id, "save_mean", save_mean, C);
+    print_f32(f, id, "save_invstd", save_invstd, C);
+    print_f32(f, id, "running_mean", rmean, C);
+    print_f32(f, id, "running_var", rvar, C);
+    print_bf16(f, id, "dx", dx, total);
+    print_f32(f, id, "dweight", dweight, C);
+    print_f32(f, id, "dbias", dbias, C);
+    print_bf16(f, id, "y_infer", y_infer, total);
+    free(big);
+    free(small);
+    return failed;
+}
+
 int main(int argc, char **argv)
 {
     FILE *f = argc > 1 ? fopen(argv[1], "w") : stdout;
@@ -177,6 +278,7 @@ int main(int argc, char **argv)
     failed |= run_case_f64(f, 3, CBN_CHANNELS_LAST, 4, 3, 5, 7, CBN_ACTIVATION_NONE);
     failed |= run_case_f64(f, 4, CBN_CHANNELS_FIRST, 2, 4, 16, 20, CBN_ACTIVATION_RELU);
     failed |= run_case_f32(f, 5, CBN_CHANNELS_LAST, 6, 40, 2, 3, CBN_ACTIVATION_RELU);
+    failed |= run_case_bf16(f, 6, CBN_CHANNELS_FIRST, 4, 3, 5, 7, CBN_ACTIVATION_RELU);
 
     /* a call that fails on purpose: training needs at least 2 values per channel */
     float one[2] = {1.0f, 2.0f}, out[2];

@@ -470,6 +470,122 @@ int cbn_backward_dx_f64(const double *dy, const double *x, const double *mean,
                         double *dx, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                         int n_threads);
 
+
+/*
+ * 16-bit storage: float16 (IEEE binary16) and bfloat16 (the upper 16 bits of a float32), each
+ * value held as its bits in a uint16_t. The N*C*S arrays (x, y, dy, dx, residual, d_residual)
+ * are 16-bit; weight, bias, running statistics, save_mean/save_invstd, dweight and dbias are
+ * float (float32), statistics are accumulated in double as for the other types. Each kernel
+ * below is its _f32 namesake with the same arguments and contract, computed in float on the
+ * widened (exact) inputs with float32's plan: every output value is bit for bit the _f32
+ * kernel's result on the widened inputs, rounded once to the storage type (to nearest even;
+ * overflow gives infinity, NaN a quiet NaN). The per-channel outputs equal the _f32 call's.
+ * Inference parameters fold with cbn_fold_scale_shift_f32.
+ */
+typedef uint16_t cbn_float16;
+typedef uint16_t cbn_bfloat16;
+
+int cbn_train_forward_f16(const cbn_float16 *x, cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                          cbn_layout layout, const float *weight, const float *bias,
+                          float *running_mean, float *running_var, double momentum, double eps,
+                          int unbiased_running_var, float *save_mean, float *save_invstd,
+                          cbn_activation activation, int n_threads);
+int cbn_train_forward_residual_f16(const cbn_float16 *x, const cbn_float16 *residual,
+                                   cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                                   cbn_layout layout, const float *weight, const float *bias,
+                                   float *running_mean, float *running_var, double momentum,
+                                   double eps, int unbiased_running_var, float *save_mean,
+                                   float *save_invstd, cbn_activation activation, int n_threads);
+int cbn_backward_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *save_mean,
+                     const float *save_invstd, const float *weight, const cbn_float16 *y,
+                     cbn_activation activation, cbn_float16 *dx, float *dweight, float *dbias,
+                     int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
+int cbn_backward_residual_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *save_mean,
+                              const float *save_invstd, const float *weight, const cbn_float16 *y,
+                              cbn_activation activation, cbn_float16 *dx, cbn_float16 *d_residual,
+                              float *dweight, float *dbias, int64_t N, int64_t C, int64_t S,
+                              cbn_layout layout, int n_threads);
+int cbn_infer_f16(const cbn_float16 *x, cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                  cbn_layout layout, const float *running_mean, const float *running_var,
+                  const float *weight, const float *bias, double eps, cbn_activation activation,
+                  int n_threads);
+int cbn_infer_residual_f16(const cbn_float16 *x, const cbn_float16 *residual, cbn_float16 *y,
+                           int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                           const float *running_mean, const float *running_var, const float *weight,
+                           const float *bias, double eps, cbn_activation activation, int n_threads);
+int cbn_infer_backward_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *running_mean,
+                           const float *running_var, const float *weight, double eps,
+                           const cbn_float16 *y, cbn_activation activation, cbn_float16 *dx,
+                           cbn_float16 *d_residual, float *dweight, float *dbias, int64_t N,
+                           int64_t C, int64_t S, cbn_layout layout, int n_threads);
+int cbn_batch_stats_f16(const cbn_float16 *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                        double *mean, double *m2, int n_threads);
+int cbn_normalize_f16(const cbn_float16 *x, cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                      cbn_layout layout, const double *mean, const double *invstd,
+                      const float *weight, const float *bias, cbn_activation activation,
+                      int n_threads);
+int cbn_backward_reduce_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *mean,
+                            const cbn_float16 *y, cbn_activation activation, int64_t N, int64_t C,
+                            int64_t S, cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
+                            double *sum_xmu, int n_threads);
+int cbn_backward_dx_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *mean,
+                        const float *invstd, const float *weight, const cbn_float16 *y,
+                        cbn_activation activation, const double *sum_dy, const double *sum_dy_xmu,
+                        const double *sum_xmu, double count, cbn_float16 *dx, int64_t N, int64_t C,
+                        int64_t S, cbn_layout layout, int n_threads);
+
+int cbn_train_forward_bf16(const cbn_bfloat16 *x, cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S,
+                           cbn_layout layout, const float *weight, const float *bias,
+                           float *running_mean, float *running_var, double momentum, double eps,
+                           int unbiased_running_var, float *save_mean, float *save_invstd,
+                           cbn_activation activation, int n_threads);
+int cbn_train_forward_residual_bf16(const cbn_bfloat16 *x, const cbn_bfloat16 *residual,
+                                    cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S,
+                                    cbn_layout layout, const float *weight, const float *bias,
+                                    float *running_mean, float *running_var, double momentum,
+                                    double eps, int unbiased_running_var, float *save_mean,
+                                    float *save_invstd, cbn_activation activation, int n_threads);
+int cbn_backward_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x, const float *save_mean,
+                      const float *save_invstd, const float *weight, const cbn_bfloat16 *y,
+                      cbn_activation activation, cbn_bfloat16 *dx, float *dweight, float *dbias,
+                      int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads);
+int cbn_backward_residual_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x,
+                               const float *save_mean, const float *save_invstd,
+                               const float *weight, const cbn_bfloat16 *y,
+                               cbn_activation activation, cbn_bfloat16 *dx,
+                               cbn_bfloat16 *d_residual, float *dweight, float *dbias, int64_t N,
+                               int64_t C, int64_t S, cbn_layout layout, int n_threads);
+int cbn_infer_bf16(const cbn_bfloat16 *x, cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S,
+                   cbn_layout layout, const float *running_mean, const float *running_var,
+                   const float *weight, const float *bias, double eps, cbn_activation activation,
+                   int n_threads);
+int cbn_infer_residual_bf16(const cbn_bfloat16 *x, const cbn_bfloat16 *residual, cbn_bfloat16 *y,
+                            int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                            const float *running_mean, const float *running_var,
+                            const float *weight, const float *bias, double eps,
+                            cbn_activation activation, int n_threads);
+int cbn_infer_backward_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x,
+                            const float *running_mean, const float *running_var,
+                            const float *weight, double eps, const cbn_bfloat16 *y,
+                            cbn_activation activation, cbn_bfloat16 *dx, cbn_bfloat16 *d_residual,
+                            float *dweight, float *dbias, int64_t N, int64_t C, int64_t S,
+                            cbn_layout layout, int n_threads);
+int cbn_batch_stats_bf16(const cbn_bfloat16 *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                         double *mean, double *m2, int n_threads);
+int cbn_normalize_bf16(const cbn_bfloat16 *x, cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S,
+                       cbn_layout layout, const double *mean, const double *invstd,
+                       const float *weight, const float *bias, cbn_activation activation,
+                       int n_threads);
+int cbn_backward_reduce_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x, const float *mean,
+                             const cbn_bfloat16 *y, cbn_activation activation, int64_t N, int64_t C,
+                             int64_t S, cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
+                             double *sum_xmu, int n_threads);
+int cbn_backward_dx_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x, const float *mean,
+                         const float *invstd, const float *weight, const cbn_bfloat16 *y,
+                         cbn_activation activation, const double *sum_dy, const double *sum_dy_xmu,
+                         const double *sum_xmu, double count, cbn_bfloat16 *dx, int64_t N,
+                         int64_t C, int64_t S, cbn_layout layout, int n_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -30,6 +30,14 @@ import pytest
 
 import cbn
 
+try:
+    import ml_dtypes
+except ImportError:         # the bfloat16 case is left out of the report
+    ml_dtypes = None
+
+# the bfloat16 case: these arrays are bfloat16, the per-channel ones float32
+TENSORS = ("x", "dy", "y", "dx", "y_infer")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "embed.c")
 # The C sources and header of the cbn under test, as it ships them (cbn/csrc, cbn.get_include()):
@@ -107,7 +115,7 @@ def _build_and_run(tmp_path, flags):
 def parse(text):
     """{"openmp": (enabled, threads), "error": (code, message), "cases": [case, ...]}; a case is
     a dict with dtype, layout, shape, activation, momentum, eps and "arrays" {name: ndarray}
-    (flat, in storage order)."""
+    (flat, in storage order). The bfloat16 case is left out without ml_dtypes."""
     out = {"cases": []}
     cases = {}
     for line in text.splitlines():
@@ -118,8 +126,13 @@ def parse(text):
         elif kind == "case":
             cid, dtype, layout, N, C, H, W, act, momentum, eps = rest.split()
             N, C, H, W = int(N), int(C), int(H), int(W)
+            if dtype == "bf16" and ml_dtypes is None:
+                cases[cid] = None
+                continue
+            types = {"f32": np.float32, "f64": np.float64,
+                     "bf16": ml_dtypes.bfloat16 if ml_dtypes else None}
             case = {
-                "id": cid, "dtype": np.dtype({"f32": np.float32, "f64": np.float64}[dtype]),
+                "id": cid, "dtype": np.dtype(types[dtype]),
                 "layout": layout, "C": C,
                 "shape": (N, C, H, W) if layout == "NCHW" else (N, H, W, C),
                 "activation": None if act == "none" else act,
@@ -130,7 +143,14 @@ def parse(text):
         elif kind == "array":
             cid, name, count, *values = rest.split()
             case = cases[cid]
-            a = np.array([float(v) for v in values], dtype=case["dtype"])  # %.9g/%.17g: exact
+            if case is None:
+                continue
+            dtype = case["dtype"]
+            if dtype.itemsize == 2 and name not in TENSORS:
+                dtype = np.dtype(np.float32)        # a bfloat16 case's per-channel arrays
+            # %.9g/%.17g: exact; bfloat16 values through float32, which holds them exactly
+            wide = np.float32 if dtype.itemsize == 2 else dtype
+            a = np.array([float(v) for v in values], dtype=wide).astype(dtype)
             assert a.size == int(count), (cid, name)
             case["arrays"][name] = a
         elif kind == "error":
@@ -187,7 +207,8 @@ def test_report_is_complete(report_same_flags):
     assert rep["openmp"][0] == int(cbn.openmp_enabled())
     assert rep["error"] == (-2, "expected more than 1 value per channel when training")
     kinds = {(c["dtype"].name, c["layout"]) for c in rep["cases"]}
-    assert kinds == {(d, lay) for d in ("float32", "float64") for lay in ("NCHW", "NHWC")}
+    want = {(d, lay) for d in ("float32", "float64") for lay in ("NCHW", "NHWC")}
+    assert kinds == want | ({("bfloat16", "NCHW")} if ml_dtypes else set())
     assert any(c["activation"] == "relu" for c in rep["cases"])
     for case in rep["cases"]:
         total = math.prod(case["shape"])
@@ -231,7 +252,8 @@ def test_readme_command_close(report_readme):
     sqrt(M) eps, at most M eps)."""
     for case in report_readme["cases"]:
         expected = python_results(case)
-        eps = np.finfo(case["dtype"]).eps
+        eps = float((ml_dtypes.finfo if case["dtype"].itemsize == 2 else np.finfo)(
+            case["dtype"]).eps)
         for name in OUTPUTS:
             got = case["arrays"][name].astype(np.float64)
             want = np.ascontiguousarray(expected[name]).ravel().astype(np.float64)

@@ -45,10 +45,11 @@ def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None,
                      n_threads: Threads = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     x = v.float_array(x, "x")
     cl, N, C, S = canonical_view(x.shape, layout)
-    dtype = x.dtype
+    dtype = v.param_dtype(x.dtype)
     weight = v.channel_param(weight, "weight", C, dtype)
     bias = v.channel_param(bias, "bias", C, dtype)
-    running_mean, running_var = v.running_stats(running_mean, running_var, C, dtype)
+    running_mean, running_var = v.running_stats(running_mean, running_var, C, dtype,
+                                                v.param_why(x.dtype))
     momentum = v.momentum_value(momentum)
     eps = v.eps_value(eps)
     unbiased_running_var = v.flag(unbiased_running_var, "unbiased_running_var")
@@ -180,7 +181,7 @@ def batch_norm_backward(dy: ArrayLike, x: ArrayLike, save_mean: ArrayLike,
                         out: FloatArray | None = None, n_threads: Threads = None) -> _AnyGrads:
     dy, x = v.gradient_and_input(dy, x)
     cl, N, C, S = canonical_view(x.shape, layout)
-    dtype = x.dtype
+    dtype = v.param_dtype(x.dtype)
     if save_mean is None or save_invstd is None:
         raise ValueError("save_mean and save_invstd (returned by batch_norm_train) are required")
     save_mean = v.channel_param(save_mean, "save_mean", C, dtype)
@@ -253,7 +254,7 @@ def batch_norm_infer(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLi
                      n_threads: Threads = None) -> FloatArray:
     x = v.float_array(x, "x")
     cl, N, C, S = canonical_view(x.shape, layout)
-    dtype = x.dtype
+    dtype = v.param_dtype(x.dtype)
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm_infer needs running_mean and running_var, got None")
     running_mean = v.channel_param(running_mean, "running_mean", C, dtype)
@@ -330,7 +331,7 @@ def batch_norm_infer_backward(dy: ArrayLike, x: ArrayLike, running_mean: ArrayLi
                               n_threads: Threads = None) -> _AnyGrads:
     dy, x = v.gradient_and_input(dy, x)
     cl, N, C, S = canonical_view(x.shape, layout)
-    dtype = x.dtype
+    dtype = v.param_dtype(x.dtype)
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm_infer_backward needs running_mean and running_var, got None")
     running_mean = v.channel_param(running_mean, "running_mean", C, dtype)

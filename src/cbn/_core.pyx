@@ -2,7 +2,8 @@
 """Thin bridge to the C kernels: arrays in, pointers and sizes out, GIL released, C called.
 
 Callers have already validated every argument: arrays are C-contiguous, of one floating element
-type (float32 or float64, that of x), and of the right sizes; statistics passed as double are
+type (float32 or float64, that of x; or float16/bfloat16 tensors with float32 parameters), and
+of the right sizes; statistics passed as double are
 float64. Optional arrays may be None (passed as NULL). Each function returns the C status code.
 """
 cimport numpy as cnp
@@ -54,57 +55,78 @@ cdef inline bint _is_f32(object x):
     return cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
 
 
-# Each kernel is called by name once, whatever the element type: the macros below pick its _f32
-# or _f64 instantiation from a flag, and the element arrays travel as void * (which C converts
-# to float * or double * without a cast). The signatures are those of cbn.h (cbn.pxd) with
+# Element types of the tensors, as CBN_BY_TYPE takes them.
+cdef enum:
+    KIND_F64, KIND_F32, KIND_F16, KIND_BF16
+
+
+cdef inline int _kind(object x):
+    """The tensors' element type; validation let through only these four, and a 2-byte type
+    other than NumPy's float16 is ml_dtypes.bfloat16."""
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if t == cnp.NPY_FLOAT32:
+        return KIND_F32
+    if t == cnp.NPY_FLOAT64:
+        return KIND_F64
+    if t == cnp.NPY_FLOAT16:
+        return KIND_F16
+    return KIND_BF16
+
+
+# Each kernel is called by name once, whatever the element type: the macros below pick its _f32,
+# _f64, _f16 or _bf16 instantiation from the kind (_kind; fold_scale_shift, parameters only,
+# from a float32 flag), and the element arrays travel as void * (which C converts to float *,
+# double * or cbn_float16 * without a cast). The signatures are those of cbn.h (cbn.pxd) with
 # void * for T *.
 cdef extern from *:
     """
-    #define CBN_BY_TYPE(f32, kernel, ...) \
-        ((f32) ? kernel##_f32(__VA_ARGS__) : kernel##_f64(__VA_ARGS__))
-    #define cbn_fold_scale_shift_t(f32, ...) CBN_BY_TYPE(f32, cbn_fold_scale_shift, __VA_ARGS__)
-    #define cbn_batch_stats_t(f32, ...) CBN_BY_TYPE(f32, cbn_batch_stats, __VA_ARGS__)
-    #define cbn_normalize_t(f32, ...) CBN_BY_TYPE(f32, cbn_normalize, __VA_ARGS__)
-    #define cbn_backward_reduce_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_reduce, __VA_ARGS__)
-    #define cbn_backward_dx_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_dx, __VA_ARGS__)
-    #define cbn_train_forward_residual_t(f32, ...) \
-        CBN_BY_TYPE(f32, cbn_train_forward_residual, __VA_ARGS__)
-    #define cbn_backward_residual_t(f32, ...) CBN_BY_TYPE(f32, cbn_backward_residual, __VA_ARGS__)
-    #define cbn_infer_residual_t(f32, ...) CBN_BY_TYPE(f32, cbn_infer_residual, __VA_ARGS__)
-    #define cbn_infer_backward_t(f32, ...) CBN_BY_TYPE(f32, cbn_infer_backward, __VA_ARGS__)
+    #define CBN_BY_TYPE(kind, kernel, ...) \
+        ((kind) == 1 ? kernel##_f32(__VA_ARGS__) : (kind) == 2 ? kernel##_f16(__VA_ARGS__) \
+         : (kind) == 3 ? kernel##_bf16(__VA_ARGS__) : kernel##_f64(__VA_ARGS__))
+    #define cbn_fold_scale_shift_t(f32, ...) \
+        ((f32) ? cbn_fold_scale_shift_f32(__VA_ARGS__) : cbn_fold_scale_shift_f64(__VA_ARGS__))
+    #define cbn_batch_stats_t(kind, ...) CBN_BY_TYPE(kind, cbn_batch_stats, __VA_ARGS__)
+    #define cbn_normalize_t(kind, ...) CBN_BY_TYPE(kind, cbn_normalize, __VA_ARGS__)
+    #define cbn_backward_reduce_t(kind, ...) CBN_BY_TYPE(kind, cbn_backward_reduce, __VA_ARGS__)
+    #define cbn_backward_dx_t(kind, ...) CBN_BY_TYPE(kind, cbn_backward_dx, __VA_ARGS__)
+    #define cbn_train_forward_residual_t(kind, ...) \
+        CBN_BY_TYPE(kind, cbn_train_forward_residual, __VA_ARGS__)
+    #define cbn_backward_residual_t(kind, ...) CBN_BY_TYPE(kind, cbn_backward_residual, __VA_ARGS__)
+    #define cbn_infer_residual_t(kind, ...) CBN_BY_TYPE(kind, cbn_infer_residual, __VA_ARGS__)
+    #define cbn_infer_backward_t(kind, ...) CBN_BY_TYPE(kind, cbn_infer_backward, __VA_ARGS__)
     """
     int cbn_fold_scale_shift_t(bint f32, int64_t C, void *running_mean, void *running_var,
                                void *weight, void *bias, double eps, void *scale,
                                void *shift) nogil
-    int cbn_batch_stats_t(bint f32, void *x, int64_t N, int64_t C, int64_t S,
+    int cbn_batch_stats_t(int kind, void *x, int64_t N, int64_t C, int64_t S,
                           cbn_layout layout, double *mean, double *m2, int n_threads) nogil
-    int cbn_normalize_t(bint f32, void *x, void *y, int64_t N, int64_t C, int64_t S,
+    int cbn_normalize_t(int kind, void *x, void *y, int64_t N, int64_t C, int64_t S,
                         cbn_layout layout, double *mean, double *invstd, void *weight,
                         void *bias, cbn_activation activation, int n_threads) nogil
-    int cbn_backward_reduce_t(bint f32, void *dy, void *x, void *mean, void *y,
+    int cbn_backward_reduce_t(int kind, void *dy, void *x, void *mean, void *y,
                               cbn_activation activation, int64_t N, int64_t C, int64_t S,
                               cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
                               double *sum_xmu, int n_threads) nogil
-    int cbn_backward_dx_t(bint f32, void *dy, void *x, void *mean, void *invstd, void *weight,
+    int cbn_backward_dx_t(int kind, void *dy, void *x, void *mean, void *invstd, void *weight,
                           void *y, cbn_activation activation, double *sum_dy,
                           double *sum_dy_xmu, double *sum_xmu, double count, void *dx,
                           int64_t N, int64_t C, int64_t S, cbn_layout layout,
                           int n_threads) nogil
-    int cbn_train_forward_residual_t(bint f32, void *x, void *residual, void *y, int64_t N,
+    int cbn_train_forward_residual_t(int kind, void *x, void *residual, void *y, int64_t N,
                                      int64_t C, int64_t S, cbn_layout layout, void *weight,
                                      void *bias, void *running_mean, void *running_var,
                                      double momentum, double eps, int unbiased_running_var,
                                      void *save_mean, void *save_invstd,
                                      cbn_activation activation, int n_threads) nogil
-    int cbn_backward_residual_t(bint f32, void *dy, void *x, void *save_mean, void *save_invstd,
+    int cbn_backward_residual_t(int kind, void *dy, void *x, void *save_mean, void *save_invstd,
                                 void *weight, void *y, cbn_activation activation, void *dx,
                                 void *d_residual, void *dweight, void *dbias, int64_t N,
                                 int64_t C, int64_t S, cbn_layout layout, int n_threads) nogil
-    int cbn_infer_residual_t(bint f32, void *x, void *residual, void *y, int64_t N, int64_t C,
+    int cbn_infer_residual_t(int kind, void *x, void *residual, void *y, int64_t N, int64_t C,
                              int64_t S, cbn_layout layout, void *running_mean,
                              void *running_var, void *weight, void *bias, double eps,
                              cbn_activation activation, int n_threads) nogil
-    int cbn_infer_backward_t(bint f32, void *dy, void *x, void *running_mean, void *running_var,
+    int cbn_infer_backward_t(int kind, void *dy, void *x, void *running_mean, void *running_var,
                              void *weight, double eps, void *y, cbn_activation activation,
                              void *dx, void *d_residual, void *dweight, void *dbias, int64_t N,
                              int64_t C, int64_t S, cbn_layout layout, int n_threads) nogil
@@ -244,7 +266,7 @@ def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, wei
                   bint unbiased_running_var, save_mean, save_invstd, bint relu, int n_threads,
                   residual=None):
     """residual: added before the activation, or None."""
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
@@ -258,7 +280,7 @@ def train_forward(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, wei
     cdef void *psi = _ptr(save_invstd)
     cdef int rc
     with nogil:
-        rc = cbn_train_forward_residual_t(f32, px, pr, py, N, C, S, layout, pw, pb, prm, prv,
+        rc = cbn_train_forward_residual_t(kind, px, pr, py, N, C, S, layout, pw, pb, prm, prv,
                                           momentum, eps, unbiased_running_var, psm, psi, act,
                                           n_threads)
     return rc
@@ -268,7 +290,7 @@ def backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias, int64
              int64_t S, bint channels_last, int n_threads, d_residual=None):
     """y: the output of a fused ReLU (its gradient is applied), or None; d_residual: where to
     write the residual's gradient, or None."""
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(y is not None)
     cdef void *py = _ptr(y)
@@ -283,7 +305,7 @@ def backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias, int64
     cdef void *pdb = _ptr(dbias)
     cdef int rc
     with nogil:
-        rc = cbn_backward_residual_t(f32, pdy, px, psm, psi, pw, py, act, pdx, pdr, pdw, pdb, N,
+        rc = cbn_backward_residual_t(kind, pdy, px, psm, psi, pw, py, act, pdx, pdr, pdw, pdb, N,
                                      C, S, layout, n_threads)
     return rc
 
@@ -292,7 +314,7 @@ def infer_backward(dy, x, running_mean, running_var, weight, double eps, y, dx, 
                    dweight, dbias, int64_t N, int64_t C, int64_t S, bint channels_last,
                    int n_threads):
     """Backward through frozen statistics; y and d_residual as for backward."""
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(y is not None)
     cdef void *pdy = _ptr(dy)
@@ -307,7 +329,7 @@ def infer_backward(dy, x, running_mean, running_var, weight, double eps, y, dx, 
     cdef void *pdb = _ptr(dbias)
     cdef int rc
     with nogil:
-        rc = cbn_infer_backward_t(f32, pdy, px, prm, prv, pw, eps, py, act, pdx, pdr, pdw, pdb,
+        rc = cbn_infer_backward_t(kind, pdy, px, prm, prv, pw, eps, py, act, pdx, pdr, pdw, pdb,
                                   N, C, S, layout, n_threads)
     return rc
 
@@ -315,7 +337,7 @@ def infer_backward(dy, x, running_mean, running_var, weight, double eps, y, dx, 
 def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mean,
           running_var, weight, bias, double eps, bint relu, int n_threads, residual=None):
     """residual: added before the activation, or None."""
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
@@ -327,7 +349,7 @@ def infer(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, running_mea
     cdef void *pb = _ptr(bias)
     cdef int rc
     with nogil:
-        rc = cbn_infer_residual_t(f32, px, pr, py, N, C, S, layout, prm, prv, pw, pb, eps, act,
+        rc = cbn_infer_residual_t(kind, px, pr, py, N, C, S, layout, prm, prv, pw, pb, eps, act,
                                   n_threads)
     return rc
 
@@ -342,14 +364,14 @@ def fold_scale_shift(int64_t C, running_mean, running_var, weight, bias, double 
 # ---- split kernels (cbn.split) ------------------------------------------------------------------
 
 def batch_stats(x, int64_t N, int64_t C, int64_t S, bint channels_last, mean, m2, int n_threads):
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef void *px = _ptr(x)
     cdef double *pm = <double *>_ptr(mean)
     cdef double *pq = <double *>_ptr(m2)
     cdef int rc
     with nogil:
-        rc = cbn_batch_stats_t(f32, px, N, C, S, layout, pm, pq, n_threads)
+        rc = cbn_batch_stats_t(kind, px, N, C, S, layout, pm, pq, n_threads)
     return rc
 
 
@@ -364,7 +386,7 @@ def combine_stats(int64_t P, int64_t C, count, mean, m2, mean_out, m2_out):
 
 def normalize(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, mean, invstd, weight,
               bias, bint relu, int n_threads):
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(relu)
     cdef void *px = _ptr(x)
@@ -375,13 +397,13 @@ def normalize(x, y, int64_t N, int64_t C, int64_t S, bint channels_last, mean, i
     cdef void *pb = _ptr(bias)
     cdef int rc
     with nogil:
-        rc = cbn_normalize_t(f32, px, py, N, C, S, layout, pm, pi, pw, pb, act, n_threads)
+        rc = cbn_normalize_t(kind, px, py, N, C, S, layout, pm, pi, pw, pb, act, n_threads)
     return rc
 
 
 def backward_reduce(dy, x, mean, y, int64_t N, int64_t C, int64_t S, bint channels_last,
                     sum_dy, sum_dy_xmu, sum_xmu, int n_threads):
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(y is not None)
     cdef void *pdy = _ptr(dy)
@@ -393,14 +415,14 @@ def backward_reduce(dy, x, mean, y, int64_t N, int64_t C, int64_t S, bint channe
     cdef double *pd = <double *>_ptr(sum_xmu)
     cdef int rc
     with nogil:
-        rc = cbn_backward_reduce_t(f32, pdy, px, pm, py, act, N, C, S, layout, ps, pq, pd,
+        rc = cbn_backward_reduce_t(kind, pdy, px, pm, py, act, N, C, S, layout, ps, pq, pd,
                                    n_threads)
     return rc
 
 
 def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, sum_xmu, double count, dx,
                 int64_t N, int64_t C, int64_t S, bint channels_last, int n_threads):
-    cdef bint f32 = _is_f32(x)
+    cdef int kind = _kind(x)
     cdef cbn_layout layout = _layout(channels_last)
     cdef cbn_activation act = _activation(y is not None)
     cdef void *pdy = _ptr(dy)
@@ -415,6 +437,6 @@ def backward_dx(dy, x, mean, invstd, weight, y, sum_dy, sum_dy_xmu, sum_xmu, dou
     cdef void *pdx = _ptr(dx)
     cdef int rc
     with nogil:
-        rc = cbn_backward_dx_t(f32, pdy, px, pm, pi, pw, py, act, ps, pq, pd, count, pdx, N, C,
+        rc = cbn_backward_dx_t(kind, pdy, px, pm, pi, pw, py, act, ps, pq, pd, count, pdx, N, C,
                                S, layout, n_threads)
     return rc

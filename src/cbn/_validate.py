@@ -22,6 +22,23 @@ from ._types import FloatArray, Threads
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # statistics (means, sums, M2) are accumulated and exchanged in float64
 F64 = np.dtype(np.float64)
+F32 = np.dtype(np.float32)
+
+
+def is_16bit(dtype: np.dtype[Any]) -> bool:
+    """float16 or ml_dtypes.bfloat16 (told by name and size: cbn never imports ml_dtypes)."""
+    return dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2)
+
+
+def param_dtype(x_dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype of the per-channel arrays for tensors of x_dtype: x's own, float32 for 16-bit
+    storage (mixed precision: 16-bit tensors, float32 parameters and statistics)."""
+    return F32 if is_16bit(x_dtype) else x_dtype
+
+
+def param_why(x_dtype: np.dtype[Any]) -> str:
+    """Why a per-channel buffer must have param_dtype(x_dtype), for error messages."""
+    return f"float32 for x of dtype {x_dtype}" if is_16bit(x_dtype) else "the dtype of x"
 
 
 def refuse_masked(a: object, name: str) -> None:
@@ -32,12 +49,14 @@ def refuse_masked(a: object, name: str) -> None:
 
 
 def float_array(a: ArrayLike, name: str) -> FloatArray:
-    """a as an ndarray of float32 or float64 (any strides)."""
+    """a as an ndarray of float32 or float64, or of 16-bit storage (float16, bfloat16), any
+    strides."""
     if a.__class__ is not np.ndarray:
         refuse_masked(a, name)
         a = np.asarray(a)
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if a.dtype not in FLOAT_DTYPES and not is_16bit(a.dtype):
+        raise TypeError(f"{name} must have dtype float32, float64, float16 or bfloat16, "
+                        f"got {a.dtype}")
     return a
 
 
@@ -115,7 +134,7 @@ def channel_param(a: ArrayLike | None, name: str, C: int,
 
 
 def writable_buffer(a: object, name: str, shape: tuple[int, ...],
-                    dtype: np.dtype[Any]) -> FloatArray:
+                    dtype: np.dtype[Any], why: str = "the dtype of x") -> FloatArray:
     """A buffer cbn writes into: ndarray of exactly dtype and shape, C-contiguous, writeable.
     Subclasses that are plain memory (np.memmap) are written into and returned as they are."""
     if a.__class__ is not np.ndarray:
@@ -123,7 +142,7 @@ def writable_buffer(a: object, name: str, shape: tuple[int, ...],
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
         refuse_masked(a, name)
     if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {a.dtype}")
+        raise TypeError(f"{name} must have dtype {dtype} ({why}), got {a.dtype}")
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     flags = _core.array_flags(a)
@@ -136,8 +155,8 @@ def writable_buffer(a: object, name: str, shape: tuple[int, ...],
     return a
 
 
-def running_stats(running_mean: object, running_var: object, C: int,
-                  dtype: np.dtype[Any]) -> tuple[FloatArray | None, FloatArray | None]:
+def running_stats(running_mean: object, running_var: object, C: int, dtype: np.dtype[Any],
+                  why: str = "the dtype of x") -> tuple[FloatArray | None, FloatArray | None]:
     """Both running buffers checked as writable (C,) arrays, or both None."""
     if running_mean is None and running_var is None:
         return None, None
@@ -145,8 +164,8 @@ def running_stats(running_mean: object, running_var: object, C: int,
         given = "running_mean" if running_var is None else "running_var"
         raise ValueError(
             f"running_mean and running_var must be given together, got only {given}")
-    return (writable_buffer(running_mean, "running_mean", (C,), dtype),
-            writable_buffer(running_var, "running_var", (C,), dtype))
+    return (writable_buffer(running_mean, "running_mean", (C,), dtype, why),
+            writable_buffer(running_var, "running_var", (C,), dtype, why))
 
 
 def relu(activation: object) -> bool:

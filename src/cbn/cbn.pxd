@@ -25,7 +25,7 @@
 # this file through sys.path (the installed package), or add the directory above cbn/ to
 # cythonize's include_path.
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 
 cdef extern from "cbn.h" nogil:
     ctypedef enum cbn_layout:
@@ -164,3 +164,115 @@ cdef extern from "cbn.h" nogil:
                             const double *sum_dy_xmu, const double *sum_xmu, double count,
                             double *dx, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                             int n_threads)
+
+    # 16-bit storage (float16, bfloat16 as their bits): 16-bit tensors, float parameters
+    ctypedef uint16_t cbn_float16
+    ctypedef uint16_t cbn_bfloat16
+
+    int cbn_train_forward_f16(const cbn_float16 *x, cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                              cbn_layout layout, const float *weight, const float *bias,
+                              float *running_mean, float *running_var, double momentum, double eps,
+                              int unbiased_running_var, float *save_mean, float *save_invstd,
+                              cbn_activation activation, int n_threads)
+    int cbn_train_forward_residual_f16(const cbn_float16 *x, const cbn_float16 *residual,
+                                       cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                                       cbn_layout layout, const float *weight, const float *bias,
+                                       float *running_mean, float *running_var, double momentum,
+                                       double eps, int unbiased_running_var, float *save_mean,
+                                       float *save_invstd, cbn_activation activation, int n_threads)
+    int cbn_backward_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *save_mean,
+                         const float *save_invstd, const float *weight, const cbn_float16 *y,
+                         cbn_activation activation, cbn_float16 *dx, float *dweight, float *dbias,
+                         int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
+    int cbn_backward_residual_f16(const cbn_float16 *dy, const cbn_float16 *x,
+                                  const float *save_mean, const float *save_invstd,
+                                  const float *weight, const cbn_float16 *y,
+                                  cbn_activation activation, cbn_float16 *dx,
+                                  cbn_float16 *d_residual, float *dweight, float *dbias, int64_t N,
+                                  int64_t C, int64_t S, cbn_layout layout, int n_threads)
+    int cbn_infer_f16(const cbn_float16 *x, cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                      cbn_layout layout, const float *running_mean, const float *running_var,
+                      const float *weight, const float *bias, double eps, cbn_activation activation,
+                      int n_threads)
+    int cbn_infer_residual_f16(const cbn_float16 *x, const cbn_float16 *residual, cbn_float16 *y,
+                               int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                               const float *running_mean, const float *running_var,
+                               const float *weight, const float *bias, double eps,
+                               cbn_activation activation, int n_threads)
+    int cbn_infer_backward_f16(const cbn_float16 *dy, const cbn_float16 *x,
+                               const float *running_mean, const float *running_var,
+                               const float *weight, double eps, const cbn_float16 *y,
+                               cbn_activation activation, cbn_float16 *dx, cbn_float16 *d_residual,
+                               float *dweight, float *dbias, int64_t N, int64_t C, int64_t S,
+                               cbn_layout layout, int n_threads)
+    int cbn_batch_stats_f16(const cbn_float16 *x, int64_t N, int64_t C, int64_t S,
+                            cbn_layout layout, double *mean, double *m2, int n_threads)
+    int cbn_normalize_f16(const cbn_float16 *x, cbn_float16 *y, int64_t N, int64_t C, int64_t S,
+                          cbn_layout layout, const double *mean, const double *invstd,
+                          const float *weight, const float *bias, cbn_activation activation,
+                          int n_threads)
+    int cbn_backward_reduce_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *mean,
+                                const cbn_float16 *y, cbn_activation activation, int64_t N,
+                                int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
+                                double *sum_dy_xmu, double *sum_xmu, int n_threads)
+    int cbn_backward_dx_f16(const cbn_float16 *dy, const cbn_float16 *x, const float *mean,
+                            const float *invstd, const float *weight, const cbn_float16 *y,
+                            cbn_activation activation, const double *sum_dy,
+                            const double *sum_dy_xmu, const double *sum_xmu, double count,
+                            cbn_float16 *dx, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                            int n_threads)
+
+    int cbn_train_forward_bf16(const cbn_bfloat16 *x, cbn_bfloat16 *y, int64_t N, int64_t C,
+                               int64_t S, cbn_layout layout, const float *weight, const float *bias,
+                               float *running_mean, float *running_var, double momentum, double eps,
+                               int unbiased_running_var, float *save_mean, float *save_invstd,
+                               cbn_activation activation, int n_threads)
+    int cbn_train_forward_residual_bf16(const cbn_bfloat16 *x, const cbn_bfloat16 *residual,
+                                        cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S,
+                                        cbn_layout layout, const float *weight, const float *bias,
+                                        float *running_mean, float *running_var, double momentum,
+                                        double eps, int unbiased_running_var, float *save_mean,
+                                        float *save_invstd, cbn_activation activation,
+                                        int n_threads)
+    int cbn_backward_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x, const float *save_mean,
+                          const float *save_invstd, const float *weight, const cbn_bfloat16 *y,
+                          cbn_activation activation, cbn_bfloat16 *dx, float *dweight, float *dbias,
+                          int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
+    int cbn_backward_residual_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x,
+                                   const float *save_mean, const float *save_invstd,
+                                   const float *weight, const cbn_bfloat16 *y,
+                                   cbn_activation activation, cbn_bfloat16 *dx,
+                                   cbn_bfloat16 *d_residual, float *dweight, float *dbias,
+                                   int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                                   int n_threads)
+    int cbn_infer_bf16(const cbn_bfloat16 *x, cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S,
+                       cbn_layout layout, const float *running_mean, const float *running_var,
+                       const float *weight, const float *bias, double eps,
+                       cbn_activation activation, int n_threads)
+    int cbn_infer_residual_bf16(const cbn_bfloat16 *x, const cbn_bfloat16 *residual,
+                                cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                                const float *running_mean, const float *running_var,
+                                const float *weight, const float *bias, double eps,
+                                cbn_activation activation, int n_threads)
+    int cbn_infer_backward_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x,
+                                const float *running_mean, const float *running_var,
+                                const float *weight, double eps, const cbn_bfloat16 *y,
+                                cbn_activation activation, cbn_bfloat16 *dx,
+                                cbn_bfloat16 *d_residual, float *dweight, float *dbias, int64_t N,
+                                int64_t C, int64_t S, cbn_layout layout, int n_threads)
+    int cbn_batch_stats_bf16(const cbn_bfloat16 *x, int64_t N, int64_t C, int64_t S,
+                             cbn_layout layout, double *mean, double *m2, int n_threads)
+    int cbn_normalize_bf16(const cbn_bfloat16 *x, cbn_bfloat16 *y, int64_t N, int64_t C, int64_t S,
+                           cbn_layout layout, const double *mean, const double *invstd,
+                           const float *weight, const float *bias, cbn_activation activation,
+                           int n_threads)
+    int cbn_backward_reduce_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x, const float *mean,
+                                 const cbn_bfloat16 *y, cbn_activation activation, int64_t N,
+                                 int64_t C, int64_t S, cbn_layout layout, double *sum_dy,
+                                 double *sum_dy_xmu, double *sum_xmu, int n_threads)
+    int cbn_backward_dx_bf16(const cbn_bfloat16 *dy, const cbn_bfloat16 *x, const float *mean,
+                             const float *invstd, const float *weight, const cbn_bfloat16 *y,
+                             cbn_activation activation, const double *sum_dy,
+                             const double *sum_dy_xmu, const double *sum_xmu, double count,
+                             cbn_bfloat16 *dx, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+                             int n_threads)

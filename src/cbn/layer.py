@@ -70,7 +70,9 @@ class BatchNorm:
         ``bias`` and ``grad_bias`` are None and ``state_dict()`` has no ``"bias"``.
     layout : {"NCHW", "NHWC", "channels_first", "channels_last"}, default "NCHW"
     dtype : float32 or float64, default float32
-        Of the parameters, buffers and the inputs the layer accepts.
+        Of the parameters, buffers and the inputs the layer accepts; a float32 layer also
+        accepts float16 and bfloat16 inputs (mixed precision: its output and gradients dx then
+        have the input's dtype, its parameters, buffers and grad_* stay float32).
     activation : {None, "relu"}, default None
         A ReLU fused into the normalize pass (and its gradient into backward).
     n_threads : int or None
@@ -343,11 +345,13 @@ class BatchNorm3d(BatchNorm):
 
 
 def checked_input(layer: BatchNorm, x: ArrayLike) -> FloatArray:
-    """x as an ndarray of the layer's dtype with num_features channels in its layout."""
+    """x as an ndarray of the layer's dtype (or, for a float32 layer, float16 or bfloat16:
+    mixed precision, as torch on CPU) with num_features channels in its layout."""
     x = v.float_array(x, "x")
     layer._check_input_dim(x)
-    if x.dtype != layer.dtype:
-        raise TypeError(f"x must have the layer's dtype {layer.dtype}, got {x.dtype}")
+    if x.dtype != layer.dtype and v.param_dtype(x.dtype) != layer.dtype:
+        also = " (float16/bfloat16 input needs a float32 layer)" if v.is_16bit(x.dtype) else ""
+        raise TypeError(f"x must have the layer's dtype {layer.dtype}{also}, got {x.dtype}")
     _, N, C, S = canonical_view(x.shape, layer.layout)
     if C != layer.num_features:
         raise ValueError(f"x must have {layer.num_features} channels (num_features) on the "

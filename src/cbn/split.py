@@ -112,8 +112,8 @@ def batch_norm_normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
     cl, N, C, S = canonical_view(x.shape, layout)
     mean = _stats_array(mean, "mean", C)
     invstd = _stats_array(invstd, "invstd", C)
-    weight = v.channel_param(weight, "weight", C, x.dtype)
-    bias = v.channel_param(bias, "bias", C, x.dtype)
+    weight = v.channel_param(weight, "weight", C, v.param_dtype(x.dtype))
+    bias = v.channel_param(bias, "bias", C, v.param_dtype(x.dtype))
     relu = v.relu(activation)
     y, x, _, n_threads = v.forward_arrays(x, None, out, n_threads)
     if out is not None:
@@ -141,7 +141,7 @@ def batch_norm_backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *,
     """
     dy, x = v.gradient_and_input(dy, x)
     cl, N, C, S = canonical_view(x.shape, layout)
-    mean = v.channel_param(mean, "mean", C, x.dtype)
+    mean = v.channel_param(mean, "mean", C, v.param_dtype(x.dtype))
     if mean is None:
         raise ValueError("mean (the forward's save_mean) is required")
     y = v.relu_output(y, activation, x)
@@ -180,9 +180,9 @@ def batch_norm_backward_dx(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd:
     cl, N, C, S = canonical_view(x.shape, layout)
     if mean is None or invstd is None:
         raise ValueError("mean and invstd (the forward's save_mean, save_invstd) are required")
-    mean = v.channel_param(mean, "mean", C, x.dtype)
-    invstd = v.channel_param(invstd, "invstd", C, x.dtype)
-    weight = v.channel_param(weight, "weight", C, x.dtype)
+    mean = v.channel_param(mean, "mean", C, v.param_dtype(x.dtype))
+    invstd = v.channel_param(invstd, "invstd", C, v.param_dtype(x.dtype))
+    weight = v.channel_param(weight, "weight", C, v.param_dtype(x.dtype))
     sum_dy = _stats_array(sum_dy, "sum_dy", C)
     sum_dy_xmu = _stats_array(sum_dy_xmu, "sum_dy_xmu", C)
     sum_xmu = _stats_array(sum_xmu, "sum_xmu", C)

@@ -119,21 +119,21 @@ static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, in
  * computed in L1 and then streamed out (the residual's gradient too). */
 static void FN(cf_apply_piece)(const FN(job) *jb, int64_t off, int64_t len, const T *coefs)
 {
-    const T *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
-    const T *res = jb->residual ? jb->residual + off : NULL;
-    T *dres = jb->d_residual ? jb->d_residual + off : NULL;
+    const TS *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
+    const TS *res = jb->residual ? jb->residual + off : NULL;
+    TS *dres = jb->d_residual ? jb->d_residual + off : NULL;
     const FN(op) op = FN(apply_op)(jb);
     if (!jb->stream) {
         FN(run_apply)(op, jb->relu, jb->x + off, dy, y, res, jb->out + off, dres, len, coefs);
         return;
     }
-    T buf[CBN_STREAM_BLOCK], dbuf[CBN_STREAM_BLOCK];
+    TS buf[CBN_STREAM_BLOCK], dbuf[CBN_STREAM_BLOCK];
     for (int64_t i = 0, n; i < len; i += n) {
-        n = cbn_stream_block_len(jb->out + off + i, len - i, CBN_STREAM_BLOCK, sizeof(T));
+        n = cbn_stream_block_len(jb->out + off + i, len - i, CBN_STREAM_BLOCK, sizeof(TS));
         FN(run_apply)(op, jb->relu, jb->x + off + i, dy ? dy + i : NULL, y ? y + i : NULL,
                       res ? res + i : NULL, buf, dres ? dbuf : NULL, n, coefs);
-        cbn_stream_bytes(jb->out + off + i, buf, sizeof(T) * (size_t)n);
-        if (dres) cbn_stream_bytes(dres + i, dbuf, sizeof(T) * (size_t)n);
+        cbn_stream_bytes(jb->out + off + i, buf, sizeof(TS) * (size_t)n);
+        if (dres) cbn_stream_bytes(dres + i, dbuf, sizeof(TS) * (size_t)n);
     }
 }
 
@@ -169,8 +169,8 @@ static void FN(cf_apply_runs)(const FN(job) *jb, int64_t r0, int64_t r1)
     }
     const T *center = jb->coef[K_CENTER], *scale = jb->coef[K_SCALE], *shift = jb->coef[K_SHIFT],
             *xmu = jb->coef[K_XMU];
-    const T *x = jb->x, *dy = jb->dy, *y = jb->y, *res = jb->residual;
-    T *out = jb->out, *dres = jb->d_residual;
+    const TS *x = jb->x, *dy = jb->dy, *y = jb->y, *res = jb->residual;
+    TS *out = jb->out, *dres = jb->d_residual;
     const int relu = jb->relu;
     switch (FN(apply_op)(jb)) {
     case OP_INFER: CF_APPLY_RUNS(OP_INFER) break;
@@ -227,8 +227,9 @@ static void FN(cf_column_apply)(const FN(job) *jb, int64_t g0, int64_t g1, T *ts
             for (int64_t j = (c - g0) * S; j < (c - g0 + 1) * S; j++) col[j] = value;
         }
     }
-    FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S, tscratch + N_COEF * W,
-                   tscratch + (N_COEF + 1) * W, W);
+    /* the row buffers hold stored values (TS, no wider than T) */
+    FN(apply_rows)(jb, coef, g0 * S, p->N, p->C * S, (g1 - g0) * S,
+                   (TS *)(tscratch + N_COEF * W), (TS *)(tscratch + (N_COEF + 1) * W), W);
 }
 
 static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char *scratch)

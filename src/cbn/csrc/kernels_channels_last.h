@@ -29,7 +29,7 @@ static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
  * columns of the next step's rows. (Blocks of 64 columns: narrower ones cost more in loop
  * overhead than the prefetch saves.) */
 #define CL_PREFETCH_COLUMNS 64
-static inline void FN(prefetch_next_rows)(const T *p, int64_t C, int64_t r, int64_t r_end,
+static inline void FN(prefetch_next_rows)(const TS *p, int64_t C, int64_t r, int64_t r_end,
                                           int64_t j, int64_t j_end)
 {
     for (int64_t i = r + 4; i < r + 8 && i < r_end; i++)
@@ -44,11 +44,11 @@ static inline void FN(prefetch_next_rows)(const T *p, int64_t C, int64_t r, int6
 #define CL_PREFETCH_BYTES 4096
 static inline int64_t FN(rows_ahead)(int64_t C)
 {
-    const int64_t step_bytes = 4 * C * (int64_t)sizeof(T);
+    const int64_t step_bytes = 4 * C * (int64_t)sizeof(TS);
     return 4 * ((CL_PREFETCH_BYTES + step_bytes - 1) / step_bytes);
 }
 
-static inline void FN(prefetch_rows_ahead)(const T *p, int64_t C, int64_t r, int64_t r_end,
+static inline void FN(prefetch_rows_ahead)(const TS *p, int64_t C, int64_t r, int64_t r_end,
                                            int64_t ahead)
 {
     const int64_t a = r + ahead, b = a + 4 < r_end ? a + 4 : r_end;
@@ -57,7 +57,7 @@ static inline void FN(prefetch_rows_ahead)(const T *p, int64_t C, int64_t r, int
 
 /* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
  * Four rows per step keep the accumulators' memory traffic below the data's. */
-static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double *restrict pivot,
+static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double *restrict pivot,
                                 double *restrict s, double *restrict q)
 {
     const int far = t.prefetch && C > t.w;
@@ -65,8 +65,8 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
     const int64_t ahead = FN(rows_ahead)(C);
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
-        const T *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
-                *restrict x3 = x2 + C;
+        const TS *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
+                 *restrict x3 = x2 + C;
         if (t.prefetch && !far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
@@ -74,18 +74,18 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
 #pragma omp simd
             for (int64_t j = j0; j < j1; j++) {
                 const double p = pivot[j];
-                const double d0 = (double)x0[j] - p, d1 = (double)x1[j] - p,
-                             d2 = (double)x2[j] - p, d3 = (double)x3[j] - p;
+                const double d0 = (double)WIDEN(x0[j]) - p, d1 = (double)WIDEN(x1[j]) - p,
+                             d2 = (double)WIDEN(x2[j]) - p, d3 = (double)WIDEN(x3[j]) - p;
                 s[j] += (d0 + d1) + (d2 + d3);
                 q[j] += MULADD(d1, d1, d0 * d0) + MULADD(d3, d3, d2 * d2);
             }
         }
     }
     for (; r < t.r1; r++) {
-        const T *restrict xr = x + r * C + t.c0;
+        const TS *restrict xr = x + r * C + t.c0;
 #pragma omp simd
         for (int64_t j = 0; j < t.w; j++) {
-            const double d = (double)xr[j] - pivot[j];
+            const double d = (double)WIDEN(xr[j]) - pivot[j];
             s[j] += d;
             q[j] = MULADD(d, d, q[j]);
         }
@@ -95,7 +95,8 @@ static void FN(cl_shifted_sums)(const T *x, int64_t C, FN(tile) t, const double 
 /* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - center[j]), d[j] = sum_r (x - center[j])
  * with g = GRAD(dy, y), four rows per step. Written once; the two calls below specialize it for
  * y == NULL and y != NULL, so the mask costs nothing when there is no activation. */
-static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
+static inline void FN(cl_dy_sums_body)(const TS *x, const TS *dy, const TS *y, int64_t C,
+                                       FN(tile) t,
                                        const T *restrict center, double *restrict s,
                                        double *restrict q, double *restrict d)
 {
@@ -122,8 +123,8 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
                 const double m = (double)center[j];
                 const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
                              e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
-                const double x0 = (double)x[o0 + j] - m, x1 = (double)x[o1 + j] - m,
-                             x2 = (double)x[o2 + j] - m, x3 = (double)x[o3 + j] - m;
+                const double x0 = (double)WIDEN(x[o0 + j]) - m, x1 = (double)WIDEN(x[o1 + j]) - m,
+                             x2 = (double)WIDEN(x[o2 + j]) - m, x3 = (double)WIDEN(x[o3 + j]) - m;
                 s[j] += (e0 + e1) + (e2 + e3);
                 q[j] += MULADD(e1, x1, e0 * x0) + MULADD(e3, x3, e2 * x2);
                 d[j] += (x0 + x1) + (x2 + x3);
@@ -134,7 +135,8 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
         const int64_t o = r * C + t.c0;
 #pragma omp simd
         for (int64_t j = 0; j < t.w; j++) {
-            const double e = (double)GRAD(dy, y, o + j), xc = (double)x[o + j] - (double)center[j];
+            const double e = (double)GRAD(dy, y, o + j),
+                         xc = (double)WIDEN(x[o + j]) - (double)center[j];
             s[j] += e;
             q[j] = MULADD(e, xc, q[j]);
             d[j] += xc;
@@ -142,7 +144,7 @@ static inline void FN(cl_dy_sums_body)(const T *x, const T *dy, const T *y, int6
     }
 }
 
-static void FN(cl_dy_sums)(const T *x, const T *dy, const T *y, int64_t C, FN(tile) t,
+static void FN(cl_dy_sums)(const TS *x, const TS *dy, const TS *y, int64_t C, FN(tile) t,
                            const T *restrict center, double *restrict s, double *restrict q,
                            double *restrict d)
 {
@@ -194,57 +196,59 @@ static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1
  * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer.
  * res, dres: the residual (forward) and its gradient (backward) as in run_apply, rows `stride`
  * apart like the others (or NULL). */
-static inline void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, const T *x,
-                                          const T *dy, const T *y, const T *res, T *o, T *dres,
-                                          int64_t rows, int64_t stride, int64_t w, int prefetch)
+static inline void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, const TS *x,
+                                          const TS *dy, const TS *y, const TS *res, TS *o,
+                                          TS *dres, int64_t rows, int64_t stride, int64_t w,
+                                          int prefetch)
 {
     const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
             *restrict shift = coef[K_SHIFT], *restrict xmu = coef[K_XMU];
     const T lo = relu ? (T)0 : (T)-INFINITY;
     for (int64_t r = 0; r < rows; r++) {
-        const T *xr = x + r * stride;
-        T *orow = o + r * stride;
+        const TS *xr = x + r * stride;
+        TS *orow = o + r * stride;
 #if defined(__GNUC__)
         /* rows far apart: ask for the next output row (for writing) while this one is computed,
          * since the hardware prefetcher does not follow the jump and each store would wait for
          * its line */
         if (prefetch && stride > w && r + 1 < rows)
-            for (size_t k = 0; k < sizeof(T) * (size_t)w; k += 64)
+            for (size_t k = 0; k < sizeof(TS) * (size_t)w; k += 64)
                 __builtin_prefetch((char *)(orow + stride) + k, 1, 3);
 #endif
-        const T *rr = res ? res + r * stride : NULL;
+        const TS *rr = res ? res + r * stride : NULL;
         if (op == OP_INFER) {
 #pragma omp simd
             for (int64_t j = 0; j < w; j++) {
-                T v = xr[j] * scale[j] + shift[j];
-                if (rr) v = v + rr[j];
-                orow[j] = v < lo ? lo : v;
+                T v = WIDEN(xr[j]) * scale[j] + shift[j];
+                if (rr) v = v + WIDEN(rr[j]);
+                orow[j] = NARROW(v < lo ? lo : v);
             }
         } else if (op == OP_TRAIN) {
 #pragma omp simd
             for (int64_t j = 0; j < w; j++) {
-                T v = (xr[j] - center[j]) * scale[j] + shift[j];
-                if (rr) v = v + rr[j];
-                orow[j] = v < lo ? lo : v;
+                T v = (WIDEN(xr[j]) - center[j]) * scale[j] + shift[j];
+                if (rr) v = v + WIDEN(rr[j]);
+                orow[j] = NARROW(v < lo ? lo : v);
             }
         } else {
-            const T *g = dy + r * stride, *yr = y ? y + r * stride : NULL;
-            T *dr = dres ? dres + r * stride : NULL;
+            const TS *g = dy + r * stride, *yr = y ? y + r * stride : NULL;
+            TS *dr = dres ? dres + r * stride : NULL;
 #pragma omp simd
             for (int64_t j = 0; j < w; j++) {
                 const T e = GRAD(g, yr, j);
-                orow[j] = op == OP_FROZEN_DX
-                              ? scale[j] * e
-                              : scale[j] * e + xmu[j] * (xr[j] - center[j]) + shift[j];
-                if (dr) dr[j] = e;
+                /* x is read (and converted) even for frozen statistics: a select, not a branch,
+                 * so that the loop stays vectorized with 16-bit conversions */
+                const T full = scale[j] * e + xmu[j] * (WIDEN(xr[j]) - center[j]) + shift[j];
+                orow[j] = NARROW(op == OP_FROZEN_DX ? scale[j] * e : full);
+                if (dr) dr[j] = NARROW(e);
             }
         }
     }
 }
 
 /* cl_apply_rows_body specialized for each combination of the optional arrays (as run_apply). */
-static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, const T *dy,
-                              const T *y, const T *res, T *o, T *dres, int64_t rows,
+static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const TS *x, const TS *dy,
+                              const TS *y, const TS *res, TS *o, TS *dres, int64_t rows,
                               int64_t stride, int64_t w, int prefetch)
 {
 #define CL_APPLY_ROWS(Y, RES, DRES)                                                             \
@@ -268,11 +272,12 @@ static void FN(cl_apply_rows)(FN(op) op, int relu, T *const *coef, const T *x, c
  * contiguous (stride == w), so that the partial lines at the ends of each streamed block are
  * few. */
 static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64_t rows,
-                           int64_t stride, int64_t w, T *buf, T *dbuf, int64_t buf_len)
+                           int64_t stride, int64_t w, TS *buf, TS *dbuf, int64_t buf_len)
 {
-    const T *x = jb->x + off, *dy = jb->dy ? jb->dy + off : NULL, *y = jb->y ? jb->y + off : NULL;
-    const T *res = jb->residual ? jb->residual + off : NULL;
-    T *out = jb->out + off, *dres = jb->d_residual ? jb->d_residual + off : NULL;
+    const TS *x = jb->x + off, *dy = jb->dy ? jb->dy + off : NULL,
+             *y = jb->y ? jb->y + off : NULL;
+    const TS *res = jb->residual ? jb->residual + off : NULL;
+    TS *out = jb->out + off, *dres = jb->d_residual ? jb->d_residual + off : NULL;
     const FN(op) op = FN(apply_op)(jb);
     if (!jb->stream) {
         FN(cl_apply_rows)(op, jb->relu, coef, x, dy, y, res, out, dres, rows, stride, w,
@@ -286,8 +291,8 @@ static void FN(apply_rows)(const FN(job) *jb, T *const *coef, int64_t off, int64
         FN(cl_apply_rows)(op, jb->relu, coef, x + o, dy ? dy + o : NULL, y ? y + o : NULL,
                           res ? res + o : NULL, buf, dres ? dbuf : NULL, n, stride, w,
                           jb->plan.prefetch);
-        cbn_stream_bytes(out + o, buf, sizeof(T) * (size_t)(n * w));
-        if (dres) cbn_stream_bytes(dres + o, dbuf, sizeof(T) * (size_t)(n * w));
+        cbn_stream_bytes(out + o, buf, sizeof(TS) * (size_t)(n * w));
+        if (dres) cbn_stream_bytes(dres + o, dbuf, sizeof(TS) * (size_t)(n * w));
     }
 }
 
@@ -297,7 +302,7 @@ static void FN(cl_apply_unit)(const FN(job) *jb, int64_t u)
     const FN(tile) t = FN(unit_tile)(p, u);
     T *coef[N_COEF];
     for (int i = 0; i < N_COEF; i++) coef[i] = jb->coef[i] + t.c0;
-    T buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
+    TS buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
     FN(apply_rows)(jb, coef, t.r0 * p->C + t.c0, t.r1 - t.r0, p->C, t.w, buf, dbuf,
                    CL_STREAM_BUF);
 }
@@ -310,7 +315,7 @@ static void FN(cl_apply_block)(const FN(job) *jb, int64_t rb)
     const cbn_plan *p = &jb->plan;
     const int64_t C = p->C, r0 = rb * p->row_block;
     const int64_t r1 = r0 + p->row_block < p->rows ? r0 + p->row_block : p->rows;
-    T buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
+    TS buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
     if (p->n_col_tiles == 1 || !jb->stream) {      /* whole rows (buf: streaming only) */
         FN(apply_rows)(jb, jb->coef, r0 * C, r1 - r0, C, C, buf, dbuf, CL_STREAM_BUF);
         return;

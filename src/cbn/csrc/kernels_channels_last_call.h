@@ -214,7 +214,7 @@ static void FN(cl_finalize_backward)(const FN(job) *jb, int64_t c0, int64_t n,
 /* Elementwise pass over a whole tile with the tile's own coefficients (coef[i][j]: column j). */
 static void FN(cl_apply_tile)(const FN(job) *jb, FN(tile) t, T *const *coef)
 {
-    T buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
+    TS buf[CL_STREAM_BUF], dbuf[CL_STREAM_BUF];
     FN(apply_rows)(jb, coef, t.c0, t.r1 - t.r0, jb->plan.C, t.w, buf, dbuf, CL_STREAM_BUF);
 }
 
@@ -234,7 +234,7 @@ static void FN(cl_train_tile)(const FN(job) *jb, int64_t u)
     FN(train_work) wk = {s, q, pivot, mean, m2, invstd, second_pass, {NULL}};
     for (int i = 0; i < N_COEF; i++) wk.coef[i] = coef_values[i];
     for (int64_t j = 0; j < t.w; j++) {
-        pivot[j] = (double)jb->x[t.c0 + j];          /* each channel's first value */
+        pivot[j] = (double)WIDEN(jb->x[t.c0 + j]);   /* each channel's first value */
         s[j] = q[j] = 0.0;
     }
     FN(cl_shifted_sums)(jb->x, p->C, t, pivot, s, q);

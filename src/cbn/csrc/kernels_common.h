@@ -51,11 +51,12 @@ enum { K_CENTER, K_SCALE, K_SHIFT, K_XMU, N_COEF };
 typedef struct {
     FN(op) op;
     cbn_plan plan;
-    const T *x, *dy;
-    const T *y;                   /* backward through a fused ReLU: its output, else NULL */
-    T *out;                       /* y or dx */
-    const T *residual;            /* forward: added before the activation, else NULL */
-    T *d_residual;                /* backward: the residual's gradient (masked dy), else NULL */
+    /* the N*C*S tensors, in the storage type TS */
+    const TS *x, *dy;
+    const TS *y;                  /* backward through a fused ReLU: its output, else NULL */
+    TS *out;                      /* y or dx */
+    const TS *residual;           /* forward: added before the activation, else NULL */
+    TS *d_residual;               /* backward: the residual's gradient (masked dy), else NULL */
     const T *weight, *bias;
     int relu;                     /* forward: clamp the output at 0 (fused ReLU) */
     int reduce_only, apply_only;  /* split kernels: one phase; apply_only: coef is filled in */
@@ -154,12 +155,12 @@ static inline int64_t FN(take_unit)(FN(job) *jb)
 #endif
 
 /* the cache lines of one step's LANES values at p */
-static inline void FN(prefetch_step)(const T *p)
+static inline void FN(prefetch_step)(const TS *p)
 {
 #if defined(__GNUC__)
     /* integer arithmetic: a step at the end of an array asks for lines past it (prefetches
      * never fault), and a pointer formed there would be undefined */
-    for (uintptr_t b = 0; b < LANES * sizeof(T); b += 64)
+    for (uintptr_t b = 0; b < LANES * sizeof(TS); b += 64)
         __builtin_prefetch((const void *)((uintptr_t)p + b), 0, 3);
 #else
     (void)p;
@@ -187,7 +188,7 @@ static inline void FN(add_lanes)(const double *a, const double *q, double ta, do
 }
 
 /* s[0] += sum(x - pivot), s[1] += sum((x - pivot)^2) */
-static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, int64_t ahead,
+static void FN(run_shifted_sums)(const TS *restrict p, int64_t n, double pivot, int64_t ahead,
                                  double *s)
 {
     double a[LANES] = {0.0}, q[LANES] = {0.0};
@@ -196,14 +197,14 @@ static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, i
         if (ahead) FN(prefetch_step)(p + i + ahead);
 #pragma omp simd
         for (int j = 0; j < LANES; j++) {
-            const double d = (double)p[i + j] - pivot;
+            const double d = (double)WIDEN(p[i + j]) - pivot;
             a[j] += d;
             q[j] = MULADD(d, d, q[j]);
         }
     }
     double ta = 0.0, tq = 0.0;           /* the last n % LANES values */
     for (; i < n; i++) {
-        const double d = (double)p[i] - pivot;
+        const double d = (double)WIDEN(p[i]) - pivot;
         ta += d;
         tq = MULADD(d, d, tq);
     }
@@ -214,7 +215,7 @@ static void FN(run_shifted_sums)(const T *restrict p, int64_t n, double pivot, i
  * produced y (y == NULL: no activation). */
 static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
 /* Both values are loaded unconditionally, so the select vectorizes as a blend. */
-#define GRAD(dy, y, i) ((y) ? FN(relu_grad)((dy)[i], (y)[i]) : (dy)[i])
+#define GRAD(dy, y, i) ((y) ? FN(relu_grad)(WIDEN((dy)[i]), WIDEN((y)[i])) : WIDEN((dy)[i]))
 
 /* s[0] += sum(g), s[1] += sum(g * (x - center)), s[2] += sum(x - center), g = GRAD(dy, y).
  * Element i goes to lane i % LANES of the first two sums, and to lane i % D_LANES of the third:
@@ -223,8 +224,8 @@ static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
  * once; the call below specializes it for y == NULL and y != NULL, so the mask costs nothing
  * without activation. */
 #define D_LANES 8
-static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict y,
-                                        const T *restrict x, int64_t n, double center,
+static inline void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict y,
+                                        const TS *restrict x, int64_t n, double center,
                                         int64_t ahead, double *s)
 {
     double a[LANES] = {0.0}, q[LANES] = {0.0}, d[D_LANES] = {0.0};
@@ -241,7 +242,7 @@ static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict 
             for (int k = 0; k < LANES / D_LANES; k++) {
                 const int l = j + D_LANES * k;
                 const double g = (double)GRAD(dy, y, i + l);
-                e[k] = (double)x[i + l] - center;
+                e[k] = (double)WIDEN(x[i + l]) - center;
                 a[l] += g;
                 q[l] = MULADD(g, e[k], q[l]);
             }
@@ -250,7 +251,7 @@ static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict 
     }
     double ta = 0.0, tq = 0.0, td = 0.0;     /* the last n % LANES values */
     for (; i < n; i++) {
-        const double g = (double)GRAD(dy, y, i), e = (double)x[i] - center;
+        const double g = (double)GRAD(dy, y, i), e = (double)WIDEN(x[i]) - center;
         ta += g;
         tq = MULADD(g, e, tq);
         td += e;
@@ -259,7 +260,7 @@ static inline void FN(run_dy_sums_body)(const T *restrict dy, const T *restrict 
     s[2] += (((d[0] + d[4]) + (d[2] + d[6])) + ((d[1] + d[5]) + (d[3] + d[7]))) + td;
 }
 
-static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, double center,
+static void FN(run_dy_sums)(const TS *dy, const TS *y, const TS *x, int64_t n, double center,
                             int64_t ahead, double *s)
 {
     if (y) FN(run_dy_sums_body)(dy, y, x, n, center, ahead, s);
@@ -271,8 +272,9 @@ static void FN(run_dy_sums)(const T *dy, const T *y, const T *x, int64_t n, doub
  * added before the clamp, y = relu(bn(x) + res); backward: dres (or NULL) receives the masked
  * gradient g, which is also the residual's gradient. Each element's inputs are read before its
  * outputs are written, so out may be res (forward) or dy (backward), and dres may be dy. */
-static inline void FN(run_apply_body)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
-                                      const T *res, T *out, T *dres, int64_t n, const T *coefs)
+static inline void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS *dy,
+                                      const TS *y, const TS *res, TS *out, TS *dres, int64_t n,
+                                      const T *coefs)
 {
     const T center = coefs[K_CENTER], scale = coefs[K_SCALE], shift = coefs[K_SHIFT],
             xmu = coefs[K_XMU];
@@ -281,8 +283,9 @@ static inline void FN(run_apply_body)(FN(op) op, int relu, const T *x, const T *
         for (int64_t i = 0; i < n; i++) {
             const T g = GRAD(dy, y, i);
             /* frozen statistics: dx does not depend on the sums (nor on x) */
-            out[i] = op == OP_FROZEN_DX ? scale * g : scale * g + xmu * (x[i] - center) + shift;
-            if (dres) dres[i] = g;
+            out[i] = NARROW(op == OP_FROZEN_DX ? scale * g
+                                               : scale * g + xmu * (WIDEN(x[i]) - center) + shift);
+            if (dres) dres[i] = NARROW(g);
         }
         return;
     }
@@ -290,24 +293,24 @@ static inline void FN(run_apply_body)(FN(op) op, int relu, const T *x, const T *
     if (op == OP_INFER) {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            T v = x[i] * scale + shift;
-            if (res) v = v + res[i];
-            out[i] = v < lo ? lo : v;
+            T v = WIDEN(x[i]) * scale + shift;
+            if (res) v = v + WIDEN(res[i]);
+            out[i] = NARROW(v < lo ? lo : v);
         }
     } else {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            T v = (x[i] - center) * scale + shift;
-            if (res) v = v + res[i];
-            out[i] = v < lo ? lo : v;
+            T v = (WIDEN(x[i]) - center) * scale + shift;
+            if (res) v = v + WIDEN(res[i]);
+            out[i] = NARROW(v < lo ? lo : v);
         }
     }
 }
 
 /* run_apply_body specialized for each combination of the optional arrays, so that none costs
  * a test per element when absent (the calls with constant NULLs fold it away). */
-static inline void FN(run_apply)(FN(op) op, int relu, const T *x, const T *dy, const T *y,
-                                 const T *res, T *out, T *dres, int64_t n, const T *coefs)
+static inline void FN(run_apply)(FN(op) op, int relu, const TS *x, const TS *dy, const TS *y,
+                                 const TS *res, TS *out, TS *dres, int64_t n, const T *coefs)
 {
     if (y) {
         if (dres) FN(run_apply_body)(op, relu, x, dy, y, NULL, out, dres, n, coefs);

@@ -18,7 +18,7 @@ static int FN(check_shape)(const void *x, const void *out, int64_t N, int64_t C,
 
 /* CBN_OK for a known activation; a fused ReLU's gradient also needs its output y when there are
  * values (n_values > 0). Forward calls pass y = NULL, n_values = 0. */
-static int FN(check_activation)(cbn_activation activation, const T *y, int64_t n_values)
+static int FN(check_activation)(cbn_activation activation, const TS *y, int64_t n_values)
 {
     if (activation == CBN_ACTIVATION_NONE) return CBN_OK;
     if (activation != CBN_ACTIVATION_RELU) return CBN_ERR_ARGUMENT;
@@ -68,7 +68,8 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     if (jb->pivot) {              /* each channel's first value */
         for (int64_t c = 0; c < C; c++) {
             int64_t len;
-            jb->pivot[c] = (double)jb->x[p->channels_last ? c : cf_piece(p, c, 0, 1, &len)];
+            jb->pivot[c] =
+                (double)WIDEN(jb->x[p->channels_last ? c : cf_piece(p, c, 0, 1, &len)]);
         }
     }
     return CBN_OK;
@@ -108,7 +109,7 @@ static int FN(zero_gradients)(int64_t C, T *dweight, T *dbias)
 
 /* ---- public kernels ------------------------------------------------------------------------- */
 
-int FN(cbn_train_forward_residual)(const T *x, const T *residual, T *y, int64_t N, int64_t C,
+int FN(cbn_train_forward_residual)(const TS *x, const TS *residual, TS *y, int64_t N, int64_t C,
                                    int64_t S, cbn_layout layout, const T *weight, const T *bias,
                                    T *running_mean, T *running_var, double momentum, double eps,
                                    int unbiased_running_var, T *save_mean, T *save_invstd,
@@ -141,7 +142,7 @@ int FN(cbn_train_forward_residual)(const T *x, const T *residual, T *y, int64_t 
     return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
-int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+int FN(cbn_train_forward)(const TS *x, TS *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                           const T *weight, const T *bias, T *running_mean, T *running_var,
                           double momentum, double eps, int unbiased_running_var, T *save_mean,
                           T *save_invstd, cbn_activation activation, int n_threads)
@@ -152,9 +153,9 @@ int FN(cbn_train_forward)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn
                                           activation, n_threads);
 }
 
-int FN(cbn_backward_residual)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
-                              const T *weight, const T *y, cbn_activation activation, T *dx,
-                              T *d_residual, T *dweight, T *dbias, int64_t N, int64_t C,
+int FN(cbn_backward_residual)(const TS *dy, const TS *x, const T *save_mean, const T *save_invstd,
+                              const T *weight, const TS *y, cbn_activation activation, TS *dx,
+                              TS *d_residual, T *dweight, T *dbias, int64_t N, int64_t C,
                               int64_t S, cbn_layout layout, int n_threads)
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
@@ -180,8 +181,8 @@ int FN(cbn_backward_residual)(const T *dy, const T *x, const T *save_mean, const
     return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
-int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_invstd,
-                     const T *weight, const T *y, cbn_activation activation, T *dx, T *dweight,
+int FN(cbn_backward)(const TS *dy, const TS *x, const T *save_mean, const T *save_invstd,
+                     const T *weight, const TS *y, cbn_activation activation, TS *dx, T *dweight,
                      T *dbias, int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
 {
     return FN(cbn_backward_residual)(dy, x, save_mean, save_invstd, weight, y, activation, dx,
@@ -191,9 +192,9 @@ int FN(cbn_backward)(const T *dy, const T *x, const T *save_mean, const T *save_
 /* Backward through frozen statistics: the backward job with the running mean as its center,
  * the frozen coefficients (finalize_frozen) and the elementwise pass dx = scale*g. Each channel
  * is reduced and then applied, as for backward (channels-first groups while still in cache). */
-int FN(cbn_infer_backward)(const T *dy, const T *x, const T *running_mean, const T *running_var,
-                           const T *weight, double eps, const T *y, cbn_activation activation,
-                           T *dx, T *d_residual, T *dweight, T *dbias, int64_t N, int64_t C,
+int FN(cbn_infer_backward)(const TS *dy, const TS *x, const T *running_mean, const T *running_var,
+                           const T *weight, double eps, const TS *y, cbn_activation activation,
+                           TS *dx, TS *d_residual, T *dweight, T *dbias, int64_t N, int64_t C,
                            int64_t S, cbn_layout layout, int n_threads)
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);
@@ -222,6 +223,7 @@ int FN(cbn_infer_backward)(const T *dy, const T *x, const T *running_mean, const
     return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
+#ifndef NARROW_STORAGE        /* parameters only: the float32 one serves 16-bit storage */
 int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_var,
                              const T *weight, const T *bias, double eps, T *scale, T *shift)
 {
@@ -230,8 +232,9 @@ int FN(cbn_fold_scale_shift)(int64_t C, const T *running_mean, const T *running_
     FN(fold)(C, running_mean, running_var, weight, bias, eps, scale, shift);
     return CBN_OK;
 }
+#endif
 
-int FN(cbn_infer_residual)(const T *x, const T *residual, T *y, int64_t N, int64_t C, int64_t S,
+int FN(cbn_infer_residual)(const TS *x, const TS *residual, TS *y, int64_t N, int64_t C, int64_t S,
                            cbn_layout layout, const T *running_mean, const T *running_var,
                            const T *weight, const T *bias, double eps,
                            cbn_activation activation, int n_threads)
@@ -267,7 +270,7 @@ int FN(cbn_infer_residual)(const T *x, const T *residual, T *y, int64_t N, int64
     return CBN_OK;
 }
 
-int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+int FN(cbn_infer)(const TS *x, TS *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                   const T *running_mean, const T *running_var, const T *weight, const T *bias,
                   double eps, cbn_activation activation, int n_threads)
 {
@@ -278,7 +281,7 @@ int FN(cbn_infer)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout 
 /* ---- split kernels: the phases of training forward and backward, for data-parallel training
  * where the sums of several processes are combined between the phases ------------------------ */
 
-int FN(cbn_batch_stats)(const T *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+int FN(cbn_batch_stats)(const TS *x, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                         double *mean, double *m2, int n_threads)
 {
     int rc = FN(check_shape)(x, x, N, C, S, layout, n_threads);
@@ -300,7 +303,7 @@ int FN(cbn_batch_stats)(const T *x, int64_t N, int64_t C, int64_t S, cbn_layout 
     return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
-int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
+int FN(cbn_normalize)(const TS *x, TS *y, int64_t N, int64_t C, int64_t S, cbn_layout layout,
                       const double *mean, const double *invstd, const T *weight, const T *bias,
                       cbn_activation activation, int n_threads)
 {
@@ -328,7 +331,7 @@ int FN(cbn_normalize)(const T *x, T *y, int64_t N, int64_t C, int64_t S, cbn_lay
     return CBN_OK;
 }
 
-int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
+int FN(cbn_backward_reduce)(const TS *dy, const TS *x, const T *mean, const TS *y,
                             cbn_activation activation, int64_t N, int64_t C, int64_t S,
                             cbn_layout layout, double *sum_dy, double *sum_dy_xmu,
                             double *sum_xmu, int n_threads)
@@ -358,9 +361,9 @@ int FN(cbn_backward_reduce)(const T *dy, const T *x, const T *mean, const T *y,
     return FN(start_and_run_job)(&jb, N, C, S, layout, n_threads);
 }
 
-int FN(cbn_backward_dx)(const T *dy, const T *x, const T *mean, const T *invstd, const T *weight,
-                        const T *y, cbn_activation activation, const double *sum_dy,
-                        const double *sum_dy_xmu, const double *sum_xmu, double count, T *dx,
+int FN(cbn_backward_dx)(const TS *dy, const TS *x, const T *mean, const T *invstd, const T *weight,
+                        const TS *y, cbn_activation activation, const double *sum_dy,
+                        const double *sum_dy_xmu, const double *sum_xmu, double count, TS *dx,
                         int64_t N, int64_t C, int64_t S, cbn_layout layout, int n_threads)
 {
     int rc = FN(check_shape)(x, dx, N, C, S, layout, n_threads);

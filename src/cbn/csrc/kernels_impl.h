@@ -2,6 +2,11 @@
  *
  * Included by cbn_f32.c and cbn_f64.c with T (element type), SFX (name suffix) and
  * STATS_MAX_CANCEL defined; it gives the entry points of include/cbn.h for that type.
+ * cbn_f16.c and cbn_bf16.c also define NARROW_STORAGE, TS (the type the N*C*S tensors are
+ * stored in: 16 bits) and WIDEN/NARROW (stored value -> T, exact; T -> stored value, rounded
+ * once): they compute in T = float, so their results are float32's on the widened inputs,
+ * rounded once. Everything that fixes the summation order (the plan, chunks, tiles, groups)
+ * is decided from T, never TS, so that it is float32's too.
  * Every kernel that normalizes has the same shape:
  *   1. reduce:   each chunk of a channel (channels-first) or each row block x column tile
  *                (channels-last) gives per-channel partial sums, in double;
@@ -38,12 +43,21 @@
 #error "define STATS_MAX_CANCEL before including kernels_impl.h"
 #endif
 
+/* Storage type of the tensors: T itself unless the instantiation file chose a narrower one. */
+#ifndef NARROW_STORAGE
+#define TS T
+#define WIDEN(v) (v)
+#define NARROW(v) (v)
+#endif
+
 #include "kernels_common.h"
 #include "kernels_channels_last.h"
 #include "kernels_channels_last_call.h"
 #include "kernels_channels_first.h"
 #include "kernels_entry.h"
+#ifndef NARROW_STORAGE            /* 16-bit storage plans as float32 does: its query serves */
 #include "kernels_plan_path.h"
+#endif
 
 #undef CF_FOR_PIECES
 #undef CF_MIN_GROUPS_PER_THREAD
@@ -58,3 +72,6 @@
 #undef FN
 #undef CAT
 #undef CAT_
+#undef TS
+#undef WIDEN
+#undef NARROW

@@ -1,0 +1,11 @@
+/* cbn_f16.c - float16 storage (IEEE binary16, NumPy's float16) of the kernels in kernels_impl.h:
+ * tensors of 16 bits, computed in float32 (T) with float32 parameters and statistics. */
+#include "half_convert.h"
+#define T float
+#define STATS_MAX_CANCEL 0x1p16
+#define SFX f16
+#define NARROW_STORAGE
+#define TS cbn_float16
+#define WIDEN(v) cbn_f16_to_float(v)
+#define NARROW(v) cbn_float_to_f16(v)
+#include "kernels_impl.h"
