@@ -6,6 +6,7 @@ import pytest
 
 from cbn import bench, reference
 from cbn.bench import __main__ as cli
+from cbn.bench import storage
 from cbn.bench.arrays import PlacedBuffer, page_offset
 from cbn.bench.sweep import LINE_OFFSETS, placements
 
@@ -69,6 +70,22 @@ def test_report_runs_and_peers_agree(tmp_path):
         assert c["copy_ratio"] > 0
     assert {r["op"] for r in d["overhead"]} == set(bench.OPS)
     assert d["summary"]["speedup_vs_numpy_geomean"] > 0
+
+
+def test_storage_section_times_every_16_bit_dtype_against_float32(tmp_path):
+    d = _run(tmp_path, "--quick", "--shapes", "4x8x3x3", "--no-numpy", "--no-jax", "--no-ort",
+             "--no-overhead", "--threads", "2")
+    names = set(storage.storage_dtypes())
+    assert "float16" in names
+    rows = d["storage"]
+    assert sorted((r["op"], r["layout"]) for r in rows) == sorted(
+        (op, lay) for op in storage.STORAGE_OPS for lay in bench.LAYOUTS)
+    for r in rows:
+        for n in names:
+            assert r[f"{n}_over_float32"] > 0
+            assert f"cbn_alloc_{n}" in r["results"]
+        for n, err in r["torch_max_rel_error"].items():  # PyTorch, when installed, agrees
+            assert err < (2e-3 if n == "float16" else 2e-2), (r["op"], r["layout"], n, err)
 
 
 def test_default_shapes_include_a_dram_resident_tensor():

@@ -19,6 +19,7 @@ from .cases import (COPY_TARGETS, DEFAULT_SHAPES, DRAM_SHAPE, DY_OPS, LAYOUTS, O
 from .measure import measure_bandwidth, measure_contention, measure_overhead, run_case
 from .monitor import BusyProcess, CpuMonitor, idle_check
 from .plot import matplotlib_available, plot
+from .storage import STORAGE_OPS, measure_storage
 from .sweep import run_sweep
 from .timing import CacheFlusher, last_level_cache_bytes
 from .worker import Worker, WorkerError
@@ -73,6 +74,9 @@ def build_parser():
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime peer")
     ap.add_argument("--no-overhead", action="store_true",
                     help="skip the per-call cost section")
+    ap.add_argument("--no-storage", action="store_true",
+                    help="skip the 16-bit storage section (float16 and bfloat16 against "
+                         "float32; bfloat16 needs ml_dtypes)")
     return ap
 
 
@@ -187,8 +191,17 @@ def main(argv=None):
                 report.print_overhead(overhead, out)
             if contention:
                 report.print_contention(contention, out)
+            storage = None
+            if not args.no_storage and dtype == np.float32:
+                try:
+                    progress.show("16-bit storage ...")
+                    storage = measure_storage(threads, layouts, rounds, budget, args.shapes,
+                                              [op for op in STORAGE_OPS if op in ops])
+                finally:
+                    progress.done()
+                report.print_storage(storage, out)
             result.update(cases=cases, summary=summary, overhead=overhead,
-                          contention=contention)
+                          contention=contention, storage=storage)
     elapsed = time.perf_counter() - t_start
     result["elapsed_s"] = elapsed
     print(f"\n(total {elapsed:.1f} s)", file=out)

@@ -48,7 +48,10 @@ def set_torch_threads(n_threads):
 
 def _torch_view(torch, a, layout):
     """A torch tensor sharing a's memory, in PyTorch's NC... dimension order."""
-    t = torch.from_numpy(a)
+    if a.dtype.name == "bfloat16":  # ml_dtypes' type, which torch.from_numpy does not know
+        t = torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(a)
     if is_channels_last(layout) and a.ndim > 2:
         t = t.permute(0, a.ndim - 1, *range(1, a.ndim - 1))
     return t
@@ -61,6 +64,8 @@ def main_output(result, layout):
     if hasattr(result, "permute"):  # torch, in NC... dimension order
         if is_channels_last(layout) and result.ndim > 2:
             result = result.permute(0, *range(2, result.ndim), 1)
+        if str(result.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: compare in float32
+            result = result.float()
         return result.detach().numpy()
     return np.asarray(result)
 

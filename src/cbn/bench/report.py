@@ -284,3 +284,27 @@ def print_contention(rows, out):
     if rows:
         p(f"  N = {rows[0]['threads']} threads; target: busy N-thread mean <= idle 1-thread "
           "mean (ratio <= 1).")
+
+
+def print_storage(rows, out):
+    """The 16-bit storage section: cbn's 16-bit time over its float32 time, and PyTorch's."""
+    if not rows:
+        return
+    p = _printer(out)
+    names = [k[:-len("_over_float32")] for k in rows[0] if k.endswith("_over_float32")]
+    p()
+    p("16-bit storage (x, dy, y, dx in 16 bits; parameters and statistics float32; allocating "
+      "calls): cbn 16-bit time / cbn float32 time (bytes moved: 0.5), and PyTorch's time on "
+      "the same 16-bit tensors / cbn's:")
+    p(f"  {'op':<9} {'layout':<6} {'shape':<14} {'MB f32':>7} "
+      + " ".join(f"{n + '/f32':>14} {'xTorch ' + n[:4]:>12}" for n in names))
+    for r in rows:
+        p(f"  {r['op']:<9} {r['layout']:<6} {shape_str(r['shape']):<14} "
+          f"{r['nbytes_float32'] / 1e6:>7.1f} "
+          + " ".join(f"{_fmt(r[n + '_over_float32'], '.2f', 14)} "
+                     f"{_fmt(r['torch_over_cbn_' + n], '.2f', 12)}" for n in names))
+    for n in names:
+        p(f"  {n}: geomean time ratio to float32 "
+          f"{_fmt(geomean([r[n + '_over_float32'] for r in rows]), '.2f', 4).strip()}, "
+          f"against PyTorch "
+          f"{_fmt(geomean([r['torch_over_cbn_' + n] for r in rows]), '.2f', 4).strip()}x")
