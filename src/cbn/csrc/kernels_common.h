@@ -272,7 +272,15 @@ static void FN(run_dy_sums)(const TS *dy, const TS *y, const TS *x, int64_t n, d
  * added before the clamp, y = relu(bn(x) + res); backward: dres (or NULL) receives the masked
  * gradient g, which is also the residual's gradient. Each element's inputs are read before its
  * outputs are written, so out may be res (forward) or dy (backward), and dres may be dy. */
-static inline void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS *dy,
+/* Inlined into every specialization below, whatever GCC's size estimate: with 16-bit storage the
+ * conversions make the body large enough that GCC kept one out-of-line copy, whose loops then
+ * test the optional arrays per element and ran scalar (float16 inference 19x float32's time). */
+#if defined(__GNUC__)
+#define APPLY_INLINE static inline __attribute__((always_inline))
+#else
+#define APPLY_INLINE static inline
+#endif
+APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS *dy,
                                       const TS *y, const TS *res, TS *out, TS *dres, int64_t n,
                                       const T *coefs)
 {

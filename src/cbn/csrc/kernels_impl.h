@@ -62,6 +62,7 @@
 #undef CF_FOR_PIECES
 #undef CF_MIN_GROUPS_PER_THREAD
 #undef RUN_THREADS
+#undef APPLY_INLINE
 #undef TEAM_BARRIER
 #undef MULADD
 #undef LANES
