@@ -95,7 +95,7 @@ static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double
 /* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - center[j]), d[j] = sum_r (x - center[j])
  * with g = GRAD(dy, y), four rows per step. Written once; the two calls below specialize it for
  * y == NULL and y != NULL, so the mask costs nothing when there is no activation. */
-static inline void FN(cl_dy_sums_body)(const TS *x, const TS *dy, const TS *y, int64_t C,
+APPLY_INLINE void FN(cl_dy_sums_body)(const TS *x, const TS *dy, const TS *y, int64_t C,
                                        FN(tile) t,
                                        const T *restrict center, double *restrict s,
                                        double *restrict q, double *restrict d)
@@ -196,7 +196,7 @@ static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1
  * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer.
  * res, dres: the residual (forward) and its gradient (backward) as in run_apply, rows `stride`
  * apart like the others (or NULL). */
-static inline void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, const TS *x,
+APPLY_INLINE void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, const TS *x,
                                           const TS *dy, const TS *y, const TS *res, TS *o,
                                           TS *dres, int64_t rows, int64_t stride, int64_t w,
                                           int prefetch)
@@ -233,14 +233,24 @@ static inline void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, c
         } else {
             const TS *g = dy + r * stride, *yr = y ? y + r * stride : NULL;
             TS *dr = dres ? dres + r * stride : NULL;
+            /* one loop per op, not a select inside one: a conditional read of x is control
+             * flow, which GCC does not vectorize with 16-bit conversions; frozen statistics
+             * need neither the sums nor x */
+            if (op == OP_FROZEN_DX) {
 #pragma omp simd
-            for (int64_t j = 0; j < w; j++) {
-                const T e = GRAD(g, yr, j);
-                /* x is read (and converted) even for frozen statistics: a select, not a branch,
-                 * so that the loop stays vectorized with 16-bit conversions */
-                const T full = scale[j] * e + xmu[j] * (WIDEN(xr[j]) - center[j]) + shift[j];
-                orow[j] = NARROW(op == OP_FROZEN_DX ? scale[j] * e : full);
-                if (dr) dr[j] = NARROW(e);
+                for (int64_t j = 0; j < w; j++) {
+                    const T e = GRAD(g, yr, j);
+                    orow[j] = NARROW(scale[j] * e);
+                    if (dr) dr[j] = NARROW(e);
+                }
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < w; j++) {
+                    const T e = GRAD(g, yr, j);
+                    orow[j] = NARROW(scale[j] * e + xmu[j] * (WIDEN(xr[j]) - center[j])
+                                     + shift[j]);
+                    if (dr) dr[j] = NARROW(e);
+                }
             }
         }
     }

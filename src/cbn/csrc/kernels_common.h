@@ -27,6 +27,17 @@
 #define FN(name) CAT(name, SFX)
 #endif
 
+/* The loop bodies written once and specialized by calls with constant NULLs for the optional
+ * arrays (*_body) are inlined into every specialization, whatever GCC's size estimate: with
+ * 16-bit storage the conversions make them large enough that GCC kept one out-of-line copy,
+ * whose loops then tested the optional arrays per element and ran scalar (float16 inference
+ * took 19x float32's time, backward NHWC 5-10x). */
+#if defined(__GNUC__)
+#define APPLY_INLINE static inline __attribute__((always_inline))
+#else
+#define APPLY_INLINE static inline
+#endif
+
 /* OP_FROZEN_DX: the elementwise pass of backward through frozen statistics (the job's op is
  * then OP_BACKWARD, see apply_op). */
 typedef enum { OP_TRAIN, OP_BACKWARD, OP_INFER, OP_FROZEN_DX } FN(op);
@@ -224,7 +235,7 @@ static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
  * once; the call below specializes it for y == NULL and y != NULL, so the mask costs nothing
  * without activation. */
 #define D_LANES 8
-static inline void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict y,
+APPLY_INLINE void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict y,
                                         const TS *restrict x, int64_t n, double center,
                                         int64_t ahead, double *s)
 {
@@ -272,27 +283,28 @@ static void FN(run_dy_sums)(const TS *dy, const TS *y, const TS *x, int64_t n, d
  * added before the clamp, y = relu(bn(x) + res); backward: dres (or NULL) receives the masked
  * gradient g, which is also the residual's gradient. Each element's inputs are read before its
  * outputs are written, so out may be res (forward) or dy (backward), and dres may be dy. */
-/* Inlined into every specialization below, whatever GCC's size estimate: with 16-bit storage the
- * conversions make the body large enough that GCC kept one out-of-line copy, whose loops then
- * test the optional arrays per element and ran scalar (float16 inference 19x float32's time). */
-#if defined(__GNUC__)
-#define APPLY_INLINE static inline __attribute__((always_inline))
-#else
-#define APPLY_INLINE static inline
-#endif
 APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS *dy,
                                       const TS *y, const TS *res, TS *out, TS *dres, int64_t n,
                                       const T *coefs)
 {
     const T center = coefs[K_CENTER], scale = coefs[K_SCALE], shift = coefs[K_SHIFT],
             xmu = coefs[K_XMU];
-    if (op == OP_BACKWARD || op == OP_FROZEN_DX) {
+    /* one loop per op (not a select inside one): a conditional read of x is control flow,
+     * which GCC does not vectorize with 16-bit conversions */
+    if (op == OP_FROZEN_DX) {        /* frozen statistics: dx depends on neither the sums nor x */
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             const T g = GRAD(dy, y, i);
-            /* frozen statistics: dx does not depend on the sums (nor on x) */
-            out[i] = NARROW(op == OP_FROZEN_DX ? scale * g
-                                               : scale * g + xmu * (WIDEN(x[i]) - center) + shift);
+            out[i] = NARROW(scale * g);
+            if (dres) dres[i] = NARROW(g);
+        }
+        return;
+    }
+    if (op == OP_BACKWARD) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            const T g = GRAD(dy, y, i);
+            out[i] = NARROW(scale * g + xmu * (WIDEN(x[i]) - center) + shift);
             if (dres) dres[i] = NARROW(g);
         }
         return;
