@@ -8,4 +8,6 @@
 #define TS cbn_float16
 #define WIDEN(v) cbn_f16_to_float(v)
 #define NARROW(v) cbn_float_to_f16(v)
+#define WIDEN_BLOCK(src, dst, n) cbn_f16_widen_block((src), (dst), (n))
+#define NARROW_BLOCK(src, dst, n) cbn_f16_narrow_block((src), (dst), (n))
 #include "kernels_impl.h"

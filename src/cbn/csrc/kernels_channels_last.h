@@ -55,29 +55,44 @@ static inline void FN(prefetch_rows_ahead)(const TS *p, int64_t C, int64_t r, in
     for (int64_t i = a * C; i < b * C; i += LANES) FN(prefetch_step)(p + i);
 }
 
+/* Columns of a 4-row step in the column sums: CL_PREFETCH_COLUMNS when rows are far apart
+ * (prefetched that many at a time), else the tile's width; at most WIDE_STEP, the values
+ * widened per step with 16-bit storage. */
+static inline int64_t FN(columns_per_step)(int far, int64_t w)
+{
+    const int64_t step = far ? CL_PREFETCH_COLUMNS : w;
+    return step < WIDE_STEP ? step : WIDE_STEP;
+}
+
 /* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
  * Four rows per step keep the accumulators' memory traffic below the data's. */
 static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double *restrict pivot,
                                 double *restrict s, double *restrict q)
 {
     const int far = t.prefetch && C > t.w;
-    const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
+    const int64_t step = FN(columns_per_step)(far, t.w);
     const int64_t ahead = FN(rows_ahead)(C);
+    TV b0[WIDE_BUF], b1[WIDE_BUF], b2[WIDE_BUF], b3[WIDE_BUF];
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
-        const TS *restrict x0 = x + r * C + t.c0, *restrict x1 = x0 + C, *restrict x2 = x1 + C,
-                 *restrict x3 = x2 + C;
+        const TS *x0 = x + r * C + t.c0, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
         if (t.prefetch && !far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
-            const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
+            const int64_t m = j0 + step < t.w ? step : t.w - j0;
             if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
+            const TV *restrict w0 = WIDE_VIEW(b0, x0 + j0, m),
+                    *restrict w1 = WIDE_VIEW(b1, x1 + j0, m),
+                    *restrict w2 = WIDE_VIEW(b2, x2 + j0, m),
+                    *restrict w3 = WIDE_VIEW(b3, x3 + j0, m);
+            const double *restrict pv = pivot + j0;
+            double *restrict sj = s + j0, *restrict qj = q + j0;
 #pragma omp simd
-            for (int64_t j = j0; j < j1; j++) {
-                const double p = pivot[j];
-                const double d0 = (double)WIDEN(x0[j]) - p, d1 = (double)WIDEN(x1[j]) - p,
-                             d2 = (double)WIDEN(x2[j]) - p, d3 = (double)WIDEN(x3[j]) - p;
-                s[j] += (d0 + d1) + (d2 + d3);
-                q[j] += MULADD(d1, d1, d0 * d0) + MULADD(d3, d3, d2 * d2);
+            for (int64_t j = 0; j < m; j++) {
+                const double p = pv[j];
+                const double d0 = (double)WIDEN_V(w0[j]) - p, d1 = (double)WIDEN_V(w1[j]) - p,
+                             d2 = (double)WIDEN_V(w2[j]) - p, d3 = (double)WIDEN_V(w3[j]) - p;
+                sj[j] += (d0 + d1) + (d2 + d3);
+                qj[j] += MULADD(d1, d1, d0 * d0) + MULADD(d3, d3, d2 * d2);
             }
         }
     }
@@ -101,33 +116,50 @@ APPLY_INLINE void FN(cl_dy_sums_body)(const TS *x, const TS *dy, const TS *y, in
                                        double *restrict q, double *restrict d)
 {
     const int far = t.prefetch && C > t.w;
-    const int64_t step = far ? CL_PREFETCH_COLUMNS : t.w;    /* columns per prefetch */
+    const int64_t step = FN(columns_per_step)(far, t.w);
     const int64_t ahead = FN(rows_ahead)(C);
+    TV xb[4][WIDE_BUF], gb[4][WIDE_BUF], yb[4][WIDE_BUF];
     int64_t r = t.r0;
     for (; r + 4 <= t.r1; r += 4) {
-        const int64_t o0 = r * C + t.c0, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        const int64_t o0 = r * C + t.c0;
         if (t.prefetch && !far) {
             FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
             FN(prefetch_rows_ahead)(dy, C, r, t.r1, ahead);
             if (y) FN(prefetch_rows_ahead)(y, C, r, t.r1, ahead);
         }
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
-            const int64_t j1 = j0 + step < t.w ? j0 + step : t.w;
+            const int64_t n = j0 + step < t.w ? step : t.w - j0;
             if (far) {
                 FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
                 FN(prefetch_next_rows)(dy + t.c0, C, r, t.r1, j0, t.w);
                 if (y) FN(prefetch_next_rows)(y + t.c0, C, r, t.r1, j0, t.w);
             }
+            /* the 4 rows' columns [j0, j0 + n) */
+            const int64_t o = o0 + j0;
+            const TV *restrict xw0 = WIDE_VIEW(xb[0], x + o, n),
+                    *restrict xw1 = WIDE_VIEW(xb[1], x + o + C, n),
+                    *restrict xw2 = WIDE_VIEW(xb[2], x + o + 2 * C, n),
+                    *restrict xw3 = WIDE_VIEW(xb[3], x + o + 3 * C, n);
+            const TV *restrict g0 = WIDE_VIEW(gb[0], dy + o, n),
+                    *restrict g1 = WIDE_VIEW(gb[1], dy + o + C, n),
+                    *restrict g2 = WIDE_VIEW(gb[2], dy + o + 2 * C, n),
+                    *restrict g3 = WIDE_VIEW(gb[3], dy + o + 3 * C, n);
+            const TV *restrict y0 = y ? WIDE_VIEW(yb[0], y + o, n) : NULL,
+                    *restrict y1 = y ? WIDE_VIEW(yb[1], y + o + C, n) : NULL,
+                    *restrict y2 = y ? WIDE_VIEW(yb[2], y + o + 2 * C, n) : NULL,
+                    *restrict y3 = y ? WIDE_VIEW(yb[3], y + o + 3 * C, n) : NULL;
+            const T *restrict cj = center + j0;
+            double *restrict sj = s + j0, *restrict qj = q + j0, *restrict dj = d + j0;
 #pragma omp simd
-            for (int64_t j = j0; j < j1; j++) {
-                const double m = (double)center[j];
-                const double e0 = (double)GRAD(dy, y, o0 + j), e1 = (double)GRAD(dy, y, o1 + j),
-                             e2 = (double)GRAD(dy, y, o2 + j), e3 = (double)GRAD(dy, y, o3 + j);
-                const double x0 = (double)WIDEN(x[o0 + j]) - m, x1 = (double)WIDEN(x[o1 + j]) - m,
-                             x2 = (double)WIDEN(x[o2 + j]) - m, x3 = (double)WIDEN(x[o3 + j]) - m;
-                s[j] += (e0 + e1) + (e2 + e3);
-                q[j] += MULADD(e1, x1, e0 * x0) + MULADD(e3, x3, e2 * x2);
-                d[j] += (x0 + x1) + (x2 + x3);
+            for (int64_t j = 0; j < n; j++) {
+                const double m = (double)cj[j];
+                const double e0 = (double)GRAD_V(g0, y0, j), e1 = (double)GRAD_V(g1, y1, j),
+                             e2 = (double)GRAD_V(g2, y2, j), e3 = (double)GRAD_V(g3, y3, j);
+                const double x0 = (double)WIDEN_V(xw0[j]) - m, x1 = (double)WIDEN_V(xw1[j]) - m,
+                             x2 = (double)WIDEN_V(xw2[j]) - m, x3 = (double)WIDEN_V(xw3[j]) - m;
+                sj[j] += (e0 + e1) + (e2 + e3);
+                qj[j] += MULADD(e1, x1, e0 * x0) + MULADD(e3, x3, e2 * x2);
+                dj[j] += (x0 + x1) + (x2 + x3);
             }
         }
     }
@@ -192,67 +224,85 @@ static void FN(sum_row_block_partials)(const FN(job) *jb, int64_t c0, int64_t c1
  * row, and several rows when they are contiguous. */
 #define CL_STREAM_BUF (CBN_MAX_COL_TILE > CBN_STREAM_BLOCK ? CBN_MAX_COL_TILE : CBN_STREAM_BLOCK)
 
+/* The arithmetic of one row of the elementwise pass over w columns, on views (the row itself,
+ * or a widened block); coef + j0: the columns' coefficients. */
+APPLY_INLINE void FN(cl_apply_row_view)(FN(op) op, int relu, T *const *coef, int64_t j0,
+                                         const TV *xr, const TV *g, const TV *yr, const TV *rr,
+                                         TV *orow, TV *dr, int64_t w)
+{
+    const T *restrict center = coef[K_CENTER] + j0, *restrict scale = coef[K_SCALE] + j0,
+            *restrict shift = coef[K_SHIFT] + j0, *restrict xmu = coef[K_XMU] + j0;
+    const T lo = relu ? (T)0 : (T)-INFINITY;
+    if (op == OP_INFER) {
+#pragma omp simd
+        for (int64_t j = 0; j < w; j++) {
+            T v = WIDEN_V(xr[j]) * scale[j] + shift[j];
+            if (rr) v = v + WIDEN_V(rr[j]);
+            orow[j] = NARROW_V(v < lo ? lo : v);
+        }
+    } else if (op == OP_TRAIN) {
+#pragma omp simd
+        for (int64_t j = 0; j < w; j++) {
+            T v = (WIDEN_V(xr[j]) - center[j]) * scale[j] + shift[j];
+            if (rr) v = v + WIDEN_V(rr[j]);
+            orow[j] = NARROW_V(v < lo ? lo : v);
+        }
+    } else if (op == OP_FROZEN_DX) {
+        /* one loop per op, not a select inside one (see apply_view); frozen statistics need
+         * neither the sums nor x */
+#pragma omp simd
+        for (int64_t j = 0; j < w; j++) {
+            const T e = GRAD_V(g, yr, j);
+            orow[j] = NARROW_V(scale[j] * e);
+            if (dr) dr[j] = NARROW_V(e);
+        }
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < w; j++) {
+            const T e = GRAD_V(g, yr, j);
+            orow[j] = NARROW_V(scale[j] * e + xmu[j] * (WIDEN_V(xr[j]) - center[j]) + shift[j]);
+            if (dr) dr[j] = NARROW_V(e);
+        }
+    }
+}
+
 /* Rows of the elementwise pass, one row per step: several rows per step would share the
  * coefficient loads, but rows 4 KiB apart (C = 1024 floats) then alias in the store buffer.
  * res, dres: the residual (forward) and its gradient (backward) as in run_apply, rows `stride`
- * apart like the others (or NULL). */
+ * apart like the others (or NULL). float16 rows are widened WIDE_BUF columns at a time. */
 APPLY_INLINE void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, const TS *x,
                                           const TS *dy, const TS *y, const TS *res, TS *o,
                                           TS *dres, int64_t rows, int64_t stride, int64_t w,
                                           int prefetch)
 {
-    const T *restrict center = coef[K_CENTER], *restrict scale = coef[K_SCALE],
-            *restrict shift = coef[K_SHIFT], *restrict xmu = coef[K_XMU];
-    const T lo = relu ? (T)0 : (T)-INFINITY;
+#ifdef WIDEN_BLOCK
+    FN(wide_block) b;
+#endif
     for (int64_t r = 0; r < rows; r++) {
-        const TS *xr = x + r * stride;
-        TS *orow = o + r * stride;
+        const int64_t at = r * stride;
 #if defined(__GNUC__)
         /* rows far apart: ask for the next output row (for writing) while this one is computed,
          * since the hardware prefetcher does not follow the jump and each store would wait for
          * its line */
         if (prefetch && stride > w && r + 1 < rows)
             for (size_t k = 0; k < sizeof(TS) * (size_t)w; k += 64)
-                __builtin_prefetch((char *)(orow + stride) + k, 1, 3);
+                __builtin_prefetch((char *)(o + at + stride) + k, 1, 3);
 #endif
-        const TS *rr = res ? res + r * stride : NULL;
-        if (op == OP_INFER) {
-#pragma omp simd
-            for (int64_t j = 0; j < w; j++) {
-                T v = WIDEN(xr[j]) * scale[j] + shift[j];
-                if (rr) v = v + WIDEN(rr[j]);
-                orow[j] = NARROW(v < lo ? lo : v);
-            }
-        } else if (op == OP_TRAIN) {
-#pragma omp simd
-            for (int64_t j = 0; j < w; j++) {
-                T v = (WIDEN(xr[j]) - center[j]) * scale[j] + shift[j];
-                if (rr) v = v + WIDEN(rr[j]);
-                orow[j] = NARROW(v < lo ? lo : v);
-            }
-        } else {
-            const TS *g = dy + r * stride, *yr = y ? y + r * stride : NULL;
-            TS *dr = dres ? dres + r * stride : NULL;
-            /* one loop per op, not a select inside one: a conditional read of x is control
-             * flow, which GCC does not vectorize with 16-bit conversions; frozen statistics
-             * need neither the sums nor x */
-            if (op == OP_FROZEN_DX) {
-#pragma omp simd
-                for (int64_t j = 0; j < w; j++) {
-                    const T e = GRAD(g, yr, j);
-                    orow[j] = NARROW(scale[j] * e);
-                    if (dr) dr[j] = NARROW(e);
-                }
-            } else {
-#pragma omp simd
-                for (int64_t j = 0; j < w; j++) {
-                    const T e = GRAD(g, yr, j);
-                    orow[j] = NARROW(scale[j] * e + xmu[j] * (WIDEN(xr[j]) - center[j])
-                                     + shift[j]);
-                    if (dr) dr[j] = NARROW(e);
-                }
-            }
+        const TS *g = dy ? dy + at : NULL, *yr = y ? y + at : NULL, *rr = res ? res + at : NULL;
+        TS *dr = dres ? dres + at : NULL;
+#ifdef WIDEN_BLOCK
+        for (int64_t j0 = 0; j0 < w; j0 += WIDE_BUF) {
+            const int64_t m = w - j0 < WIDE_BUF ? w - j0 : WIDE_BUF;
+            const T *xw, *gw, *yw, *rw;
+            FN(widen_apply_inputs)(op, &b, x + at + j0, g ? g + j0 : NULL, yr ? yr + j0 : NULL,
+                                   rr ? rr + j0 : NULL, m, &xw, &gw, &yw, &rw);
+            FN(cl_apply_row_view)(op, relu, coef, j0, xw, gw, yw, rw, b.out,
+                                  dr ? b.dres : NULL, m);
+            FN(narrow_apply_outputs)(&b, o + at + j0, dr ? dr + j0 : NULL, m);
         }
+#else
+        FN(cl_apply_row_view)(op, relu, coef, 0, x + at, g, yr, rr, o + at, dr, w);
+#endif
     }
 }
 

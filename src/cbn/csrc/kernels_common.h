@@ -178,6 +178,36 @@ static inline void FN(prefetch_step)(const TS *p)
 #endif
 }
 
+/* ---- views: what the arithmetic loops read and write -------------------------------------
+ * float16 storage (cbn_f16.c defines WIDEN_BLOCK) is widened a block at a time: each input is
+ * widened WIDE_BUF values at a time into a float buffer on the stack (WIDE_VIEW), the loop runs
+ * on the buffers as float32's runs on its arrays, and the outputs are narrowed back from a
+ * buffer. The conversions then run as block loops of F16C instructions (half_convert.h)
+ * instead of inside the arithmetic, where GCC converts float16 one value at a time (float16
+ * inference took 3-7x float32's time). The loops see values of type TV, read through WIDEN_V
+ * and written through NARROW_V: T and no conversion for float16's blocks; otherwise the
+ * storage itself (WIDE_VIEW is the array), converted in the loop where bfloat16's shifts cost
+ * less than a block's extra stores and loads, and not at all for T storage. Either way the
+ * arithmetic, and so every bit, is float32's. */
+#ifdef WIDEN_BLOCK
+#define TV T
+#define WIDEN_V(v) (v)
+#define NARROW_V(v) (v)
+#define WIDE_BUF 128
+#define WIDE_STEP WIDE_BUF
+#define WIDE_VIEW(buf, src, n) (WIDEN_BLOCK((src), (buf), (n)), (const TV *)(buf))
+#else
+#define TV TS
+#define WIDEN_V(v) WIDEN(v)
+#define NARROW_V(v) NARROW(v)
+#define WIDE_BUF 1
+#define WIDE_STEP INT64_MAX
+#define WIDE_VIEW(buf, src, n) ((void)(buf), (const TV *)(src))   /* buf: unused */
+#endif
+#if WIDE_BUF > 1 && WIDE_BUF < LANES
+#error "run_shifted_sums widens LANES values per step"
+#endif
+
 /* The LANES values of a, added pairwise (half of them onto the other half, and again): a short
  * dependency chain, since runs can be short. Constant bounds throughout, so the lanes stay in
  * registers. */
@@ -204,11 +234,13 @@ static void FN(run_shifted_sums)(const TS *restrict p, int64_t n, double pivot, 
 {
     double a[LANES] = {0.0}, q[LANES] = {0.0};
     int64_t i = 0;
+    TV pb[WIDE_BUF];
     for (; i + LANES <= n; i += LANES) {
         if (ahead) FN(prefetch_step)(p + i + ahead);
+        const TV *restrict pw = WIDE_VIEW(pb, p + i, LANES);
 #pragma omp simd
         for (int j = 0; j < LANES; j++) {
-            const double d = (double)WIDEN(p[i + j]) - pivot;
+            const double d = (double)WIDEN_V(pw[j]) - pivot;
             a[j] += d;
             q[j] = MULADD(d, d, q[j]);
         }
@@ -227,6 +259,8 @@ static void FN(run_shifted_sums)(const TS *restrict p, int64_t n, double pivot, 
 static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
 /* Both values are loaded unconditionally, so the select vectorizes as a blend. */
 #define GRAD(dy, y, i) ((y) ? FN(relu_grad)(WIDEN((dy)[i]), WIDEN((y)[i])) : WIDEN((dy)[i]))
+/* the same on views (WIDE_VIEW) */
+#define GRAD_V(dy, y, i) ((y) ? FN(relu_grad)(WIDEN_V((dy)[i]), WIDEN_V((y)[i])) : WIDEN_V((dy)[i]))
 
 /* s[0] += sum(g), s[1] += sum(g * (x - center)), s[2] += sum(x - center), g = GRAD(dy, y).
  * Element i goes to lane i % LANES of the first two sums, and to lane i % D_LANES of the third:
@@ -240,6 +274,7 @@ APPLY_INLINE void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict
                                         int64_t ahead, double *s)
 {
     double a[LANES] = {0.0}, q[LANES] = {0.0}, d[D_LANES] = {0.0};
+    TV dyb[WIDE_BUF], yb[WIDE_BUF], xb[WIDE_BUF];
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES) {
         if (ahead) {
@@ -247,13 +282,16 @@ APPLY_INLINE void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict
             FN(prefetch_step)(x + i + ahead);
             if (y) FN(prefetch_step)(y + i + ahead);
         }
+        const TV *restrict dyw = WIDE_VIEW(dyb, dy + i, LANES);
+        const TV *restrict xw = WIDE_VIEW(xb, x + i, LANES);
+        const TV *restrict yw = y ? WIDE_VIEW(yb, y + i, LANES) : NULL;
 #pragma omp simd
         for (int j = 0; j < D_LANES; j++) {
             double e[LANES / D_LANES];
             for (int k = 0; k < LANES / D_LANES; k++) {
                 const int l = j + D_LANES * k;
-                const double g = (double)GRAD(dy, y, i + l);
-                e[k] = (double)WIDEN(x[i + l]) - center;
+                const double g = (double)GRAD_V(dyw, yw, l);
+                e[k] = (double)WIDEN_V(xw[l]) - center;
                 a[l] += g;
                 q[l] = MULADD(g, e[k], q[l]);
             }
@@ -278,14 +316,10 @@ static void FN(run_dy_sums)(const TS *dy, const TS *y, const TS *x, int64_t n, d
     else FN(run_dy_sums_body)(dy, NULL, x, n, center, ahead, s);
 }
 
-/* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
- * stays NaN); y: the mask of a fused ReLU in backward. Forward: res (or NULL) is a residual
- * added before the clamp, y = relu(bn(x) + res); backward: dres (or NULL) receives the masked
- * gradient g, which is also the residual's gradient. Each element's inputs are read before its
- * outputs are written, so out may be res (forward) or dy (backward), and dres may be dy. */
-APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS *dy,
-                                      const TS *y, const TS *res, TS *out, TS *dres, int64_t n,
-                                      const T *coefs)
+/* The arithmetic of one run of the elementwise pass, on views (the arrays themselves, or a
+ * widened block); see run_apply_body. */
+APPLY_INLINE void FN(apply_view)(FN(op) op, int relu, const TV *x, const TV *dy, const TV *y,
+                                  const TV *res, TV *out, TV *dres, int64_t n, const T *coefs)
 {
     const T center = coefs[K_CENTER], scale = coefs[K_SCALE], shift = coefs[K_SHIFT],
             xmu = coefs[K_XMU];
@@ -294,18 +328,18 @@ APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS 
     if (op == OP_FROZEN_DX) {        /* frozen statistics: dx depends on neither the sums nor x */
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            const T g = GRAD(dy, y, i);
-            out[i] = NARROW(scale * g);
-            if (dres) dres[i] = NARROW(g);
+            const T g = GRAD_V(dy, y, i);
+            out[i] = NARROW_V(scale * g);
+            if (dres) dres[i] = NARROW_V(g);
         }
         return;
     }
     if (op == OP_BACKWARD) {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            const T g = GRAD(dy, y, i);
-            out[i] = NARROW(scale * g + xmu * (WIDEN(x[i]) - center) + shift);
-            if (dres) dres[i] = NARROW(g);
+            const T g = GRAD_V(dy, y, i);
+            out[i] = NARROW_V(scale * g + xmu * (WIDEN_V(x[i]) - center) + shift);
+            if (dres) dres[i] = NARROW_V(g);
         }
         return;
     }
@@ -313,18 +347,71 @@ APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS 
     if (op == OP_INFER) {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            T v = WIDEN(x[i]) * scale + shift;
-            if (res) v = v + WIDEN(res[i]);
-            out[i] = NARROW(v < lo ? lo : v);
+            T v = WIDEN_V(x[i]) * scale + shift;
+            if (res) v = v + WIDEN_V(res[i]);
+            out[i] = NARROW_V(v < lo ? lo : v);
         }
     } else {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            T v = (WIDEN(x[i]) - center) * scale + shift;
-            if (res) v = v + WIDEN(res[i]);
-            out[i] = NARROW(v < lo ? lo : v);
+            T v = (WIDEN_V(x[i]) - center) * scale + shift;
+            if (res) v = v + WIDEN_V(res[i]);
+            out[i] = NARROW_V(v < lo ? lo : v);
         }
     }
+}
+
+#ifdef WIDEN_BLOCK
+/* Buffers for one block of the elementwise pass in float16 storage: the op's inputs widened,
+ * its outputs before narrowing. */
+typedef struct {
+    T x[WIDE_BUF], dy[WIDE_BUF], y[WIDE_BUF], res[WIDE_BUF], out[WIDE_BUF], dres[WIDE_BUF];
+} FN(wide_block);
+
+/* Widens the m values of what op reads (NULL for what it does not) into b; sets the views. */
+APPLY_INLINE void FN(widen_apply_inputs)(FN(op) op, FN(wide_block) *b, const TS *x,
+                                         const TS *dy, const TS *y, const TS *res, int64_t m,
+                                         const T **xw, const T **dyw, const T **yw,
+                                         const T **resw)
+{
+    *xw = op != OP_FROZEN_DX ? WIDE_VIEW(b->x, x, m) : NULL;
+    *dyw = op == OP_BACKWARD || op == OP_FROZEN_DX ? WIDE_VIEW(b->dy, dy, m) : NULL;
+    *yw = y ? WIDE_VIEW(b->y, y, m) : NULL;
+    *resw = res ? WIDE_VIEW(b->res, res, m) : NULL;
+}
+
+/* Narrows the block's outputs (dres: NULL when there is none) */
+APPLY_INLINE void FN(narrow_apply_outputs)(const FN(wide_block) *b, TS *out, TS *dres,
+                                           int64_t m)
+{
+    NARROW_BLOCK(b->out, out, m);
+    if (dres) NARROW_BLOCK(b->dres, dres, m);
+}
+#endif
+
+/* One run of the elementwise pass; out may be x (or dy). relu: clamp the output at 0 (NaN
+ * stays NaN); y: the mask of a fused ReLU in backward. Forward: res (or NULL) is a residual
+ * added before the clamp, y = relu(bn(x) + res); backward: dres (or NULL) receives the masked
+ * gradient g, which is also the residual's gradient. Each element's inputs are read before its
+ * outputs are written, so out may be res (forward) or dy (backward), and dres may be dy (a
+ * float16 block is widened whole before any of it is written). */
+APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS *dy,
+                                      const TS *y, const TS *res, TS *out, TS *dres, int64_t n,
+                                      const T *coefs)
+{
+#ifdef WIDEN_BLOCK
+    FN(wide_block) b;
+    for (int64_t i = 0; i < n; i += WIDE_BUF) {
+        const int64_t m = n - i < WIDE_BUF ? n - i : WIDE_BUF;
+        const T *xw, *dyw, *yw, *resw;
+        FN(widen_apply_inputs)(op, &b, x + i, dy ? dy + i : NULL, y ? y + i : NULL,
+                               res ? res + i : NULL, m, &xw, &dyw, &yw, &resw);
+        FN(apply_view)(op, relu, xw, dyw, yw, resw, b.out, dres ? b.dres : NULL, m, coefs);
+        FN(narrow_apply_outputs)(&b, out + i, dres ? dres + i : NULL, m);
+    }
+#else
+    FN(apply_view)(op, relu, x, dy, y, res, out, dres, n, coefs);
+#endif
 }
 
 /* run_apply_body specialized for each combination of the optional arrays, so that none costs

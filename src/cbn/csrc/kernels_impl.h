@@ -3,10 +3,11 @@
  * Included by cbn_f32.c and cbn_f64.c with T (element type), SFX (name suffix) and
  * STATS_MAX_CANCEL defined; it gives the entry points of include/cbn.h for that type.
  * cbn_f16.c and cbn_bf16.c also define NARROW_STORAGE, TS (the type the N*C*S tensors are
- * stored in: 16 bits) and WIDEN/NARROW (stored value -> T, exact; T -> stored value, rounded
- * once): they compute in T = float, so their results are float32's on the widened inputs,
- * rounded once. Everything that fixes the summation order (the plan, chunks, tiles, groups)
- * is decided from T, never TS, so that it is float32's too.
+ * stored in: 16 bits), WIDEN/NARROW (stored value -> T, exact; T -> stored value, rounded
+ * once) and WIDEN_BLOCK/NARROW_BLOCK (the same for n values): they compute in T = float, so
+ * their results are float32's on the widened inputs, rounded once. Everything that fixes the
+ * summation order (the plan, chunks, tiles, groups) is decided from T, never TS, so that it is
+ * float32's too.
  * Every kernel that normalizes has the same shape:
  *   1. reduce:   each chunk of a channel (channels-first) or each row block x column tile
  *                (channels-last) gives per-channel partial sums, in double;
@@ -70,6 +71,13 @@
 #undef CL_PREFETCH_COLUMNS
 #undef CL_PREFETCH_BYTES
 #undef GRAD
+#undef GRAD_V
+#undef TV
+#undef WIDEN_V
+#undef NARROW_V
+#undef WIDE_BUF
+#undef WIDE_STEP
+#undef WIDE_VIEW
 #undef FN
 #undef CAT
 #undef CAT_
