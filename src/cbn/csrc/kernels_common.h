@@ -204,8 +204,25 @@ static inline void FN(prefetch_step)(const TS *p)
 #define WIDE_STEP INT64_MAX
 #define WIDE_VIEW(buf, src, n) ((void)(buf), (const TV *)(src))   /* buf: unused */
 #endif
-#if WIDE_BUF > 1 && WIDE_BUF < LANES
-#error "run_shifted_sums widens LANES values per step"
+
+/* The contiguous sums (run_shifted_sums, run_dy_sums_body) read LANES values per step through
+ * LANES_VIEW: widened into a float buffer for both 16-bit types, since with the conversion
+ * inside their lane-interleaved loops GCC vectorizes bfloat16 poorly too (backward's sums: 8.6
+ * instructions per value, against 3 from a widened buffer). */
+#ifdef NARROW_STORAGE
+#define LANES_BUF LANES
+#define LANES_VIEW(buf, src) (FN(widen_lanes)((src), (buf)), (const T *)(buf))
+static inline void FN(widen_lanes)(const TS *restrict src, T *restrict dst)
+{
+#ifdef WIDEN_BLOCK
+    WIDEN_BLOCK(src, dst, LANES);
+#else
+    for (int j = 0; j < LANES; j++) dst[j] = WIDEN(src[j]);
+#endif
+}
+#else
+#define LANES_BUF 1
+#define LANES_VIEW(buf, src) ((void)(buf), (const T *)(src))   /* buf: unused */
 #endif
 
 /* The LANES values of a, added pairwise (half of them onto the other half, and again): a short
@@ -234,13 +251,13 @@ static void FN(run_shifted_sums)(const TS *restrict p, int64_t n, double pivot, 
 {
     double a[LANES] = {0.0}, q[LANES] = {0.0};
     int64_t i = 0;
-    TV pb[WIDE_BUF];
+    T pb[LANES_BUF];
     for (; i + LANES <= n; i += LANES) {
         if (ahead) FN(prefetch_step)(p + i + ahead);
-        const TV *restrict pw = WIDE_VIEW(pb, p + i, LANES);
+        const T *restrict pw = LANES_VIEW(pb, p + i);
 #pragma omp simd
         for (int j = 0; j < LANES; j++) {
-            const double d = (double)WIDEN_V(pw[j]) - pivot;
+            const double d = (double)pw[j] - pivot;
             a[j] += d;
             q[j] = MULADD(d, d, q[j]);
         }
@@ -274,7 +291,7 @@ APPLY_INLINE void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict
                                         int64_t ahead, double *s)
 {
     double a[LANES] = {0.0}, q[LANES] = {0.0}, d[D_LANES] = {0.0};
-    TV dyb[WIDE_BUF], yb[WIDE_BUF], xb[WIDE_BUF];
+    T dyb[LANES_BUF], yb[LANES_BUF], xb[LANES_BUF];
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES) {
         if (ahead) {
@@ -282,16 +299,16 @@ APPLY_INLINE void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict
             FN(prefetch_step)(x + i + ahead);
             if (y) FN(prefetch_step)(y + i + ahead);
         }
-        const TV *restrict dyw = WIDE_VIEW(dyb, dy + i, LANES);
-        const TV *restrict xw = WIDE_VIEW(xb, x + i, LANES);
-        const TV *restrict yw = y ? WIDE_VIEW(yb, y + i, LANES) : NULL;
+        const T *restrict dyw = LANES_VIEW(dyb, dy + i);
+        const T *restrict xw = LANES_VIEW(xb, x + i);
+        const T *restrict yw = y ? LANES_VIEW(yb, y + i) : NULL;
 #pragma omp simd
         for (int j = 0; j < D_LANES; j++) {
             double e[LANES / D_LANES];
             for (int k = 0; k < LANES / D_LANES; k++) {
                 const int l = j + D_LANES * k;
-                const double g = (double)GRAD_V(dyw, yw, l);
-                e[k] = (double)WIDEN_V(xw[l]) - center;
+                const double g = (double)(yw ? FN(relu_grad)(dyw[l], yw[l]) : dyw[l]);
+                e[k] = (double)xw[l] - center;
                 a[l] += g;
                 q[l] = MULADD(g, e[k], q[l]);
             }

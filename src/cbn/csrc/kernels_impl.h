@@ -78,6 +78,8 @@
 #undef WIDE_BUF
 #undef WIDE_STEP
 #undef WIDE_VIEW
+#undef LANES_BUF
+#undef LANES_VIEW
 #undef FN
 #undef CAT
 #undef CAT_
