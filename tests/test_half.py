@@ -227,7 +227,9 @@ def test_output_at_odd_two_byte_offsets(rng, name):
 
 
 # Run in a subprocess at one CPU level (CBN_CPU_LEVEL): 16-bit train, backward and inference
-# against float32 at that level, on shapes of three paths; prints "ok".
+# against float32 at that level, on shapes of three paths, and on runs (NCHW) and rows (NHWC)
+# of every length up to 40 and around the 128-value conversion block: each length leaves a
+# different tail for the 16- and 8-value conversions (masked at v4, padded at v3); prints "ok".
 _LEVEL_CHECK = """
 import numpy as np, cbn
 names = ["float16"]
@@ -239,8 +241,10 @@ except ImportError:
 rng = np.random.default_rng(5)
 for name in names:
     dt = np.dtype(np.float16) if name == "float16" else np.dtype(ml_dtypes.bfloat16)
-    for layout, shape in (("NCHW", (12, 8, 33, 31)), ("NCHW", (4, 300, 9, 11)),
-                          ("NHWC", (8, 20, 18, 24))):
+    lengths = list(range(1, 41)) + [127, 128, 129, 255, 257]
+    shapes = ([("NCHW", (12, 8, 33, 31)), ("NCHW", (4, 300, 9, 11)), ("NHWC", (8, 20, 18, 24))]
+              + [("NCHW", (5, 3, n)) for n in lengths] + [("NHWC", (9, 2, n)) for n in lengths])
+    for layout, shape in shapes:
         x = rng.standard_normal(shape).astype(dt)
         dy = rng.standard_normal(shape).astype(dt)
         w = rng.random(x.shape[1 if layout == "NCHW" else -1]).astype(np.float32) + 0.5
