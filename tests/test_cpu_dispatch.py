@@ -214,14 +214,16 @@ def test_fma_levels_bit_identical(level_outputs):
 
 def test_v2_close_to_v3(level_outputs):
     """Without FMA the sums of squares and products round twice: last bits only (within
-    64 eps of each output's largest (sampled) value; measured up to about 14)."""
+    64 eps of each output's largest (sampled) value; measured up to about 14). The eps is the
+    kernel's type's: a float32 kernel's float64 outputs (the split sums) carry its float
+    blocks' roundings."""
     if not {"v2", "v3"} <= set(level_outputs):
         pytest.skip("needs v2 and v3")
     a, b = level_outputs["v2"], level_outputs["v3"]
     names = _names(a)
     for n in names:
         x, y = a[n + "#sample"], b[n + "#sample"]
-        eps = np.finfo(y.dtype).eps
+        eps = np.finfo(np.float32 if "/float32/" in n else y.dtype).eps
         scale = max(1.0, float(np.abs(y).max()))
         np.testing.assert_allclose(x, y, rtol=0, atol=64 * eps * scale, err_msg=n)
     # and the levels really ran different code: FMA changes some float64 sums

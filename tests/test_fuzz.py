@@ -24,7 +24,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import cbn  # noqa: E402
 from cbn import reference as ref  # noqa: E402
-from conftest import assert_identical, backward_truth, channel_axis, f64  # noqa: E402
+from conftest import (STATS_RTOL, assert_identical, backward_truth, channel_axis,  # noqa: E402
+                      f64)
 
 _MULT = max(1, int(os.environ.get("CBN_FUZZ_EXAMPLES", "1")))
 
@@ -332,9 +333,10 @@ def test_fuzz_train_backward(data):
     xh = np.abs((xf - mf) * sf)
     sum_dy = np.abs(dyf).sum(axis=axes)
     sum_dyx = (np.abs(dyf) * xh).sum(axis=axes)
-    # dbias, dweight: double sums of M terms, each off by a tiny multiple of the sum of |terms|;
-    # dx: a few roundings of its terms, plus those sums' errors
-    srt = 1e-12 if dtype == np.float32 else 1e-13
+    # dbias, dweight: sums of M terms, each off by a tiny multiple of the sum of |terms|
+    # (float32: float blocks, STATS_RTOL; float64: double sums); dx: a few roundings of its
+    # terms, plus those sums' errors
+    srt = STATS_RTOL[np.dtype(dtype)] if dtype == np.float32 else 1e-13
     _check("dbias", db, edb, k * u * np.abs(edb) + srt * sum_dy)
     _check("dweight", dw, edw, k * u * np.abs(edw) + srt * sum_dyx)
     a = np.abs(aw * sf)

@@ -7,8 +7,9 @@ must be summed again around its mean, which recovers ~1e-14. These tests demand 
 statistics, so a kernel that skips the second pass (or triggers it too rarely) fails them:
 
 * float64: save_invstd, running_var and y from batch_norm_train, and M2 from batch_stats;
-* float32: M2 and mean from batch_stats (float64 outputs). float32 outputs round the one-pass
-  error away (it is below 2^-24), so for them only the float32 tolerance is checked here.
+* float32: M2 and mean from batch_stats (float64 outputs) within STATS_RTOL (1e-6): float32
+  sums in float blocks, whose one-pass error from a pivot that far out (the mean of samples
+  that include the outlier) is ~1e-2. float32 outputs are checked to the float32 tolerance.
 
 Each path: channels-first long runs (chunks, channels cut between threads), channels-first
 column mode (short runs), channels-last, the contiguous C == 1 view and the (N, C) row view.
@@ -20,7 +21,8 @@ import pytest
 import cbn
 from cbn import reference as ref
 from cbn import split
-from conftest import DTYPES, assert_close, assert_identical, case_id, channel_axis, f64
+from conftest import (DTYPES, STATS_RTOL, assert_close, assert_identical, case_id, channel_axis,
+                      f64)
 
 OUTLIER = 1e4           # D: D^2 is several hundred times M below, so q is about M times M2
 TIGHT = 1e-12           # the one-pass error here is ~1e-10, the two-pass one ~1e-14
@@ -68,8 +70,9 @@ def test_batch_stats_need_the_second_pass(rng, case, dtype):
     for n_threads in (1, 2, 3):
         count, got_mean, got_m2 = split.batch_stats(x, layout=layout, n_threads=n_threads)
         assert count == M
-        np.testing.assert_allclose(got_m2, m2, rtol=TIGHT)
-        np.testing.assert_allclose(got_mean, mean, rtol=TIGHT)
+        tight = max(TIGHT, STATS_RTOL[np.dtype(dtype)])
+        np.testing.assert_allclose(got_m2, m2, rtol=tight)
+        np.testing.assert_allclose(got_mean, mean, rtol=tight)
         if first is None:
             first = got_mean, got_m2
         assert_identical(got_mean, first[0])

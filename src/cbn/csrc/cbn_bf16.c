@@ -3,7 +3,8 @@
  * statistics. */
 #include "half_convert.h"
 #define T float
-#define STATS_MAX_CANCEL 0x1p16
+#define STATS_MAX_CANCEL 4.0      /* float blocks: see channel_pivot */
+#define FLOAT_SUM_BLOCK 8      /* sums in float blocks of 8 values per lane, carried in double */
 #define SFX bf16
 #define NARROW_STORAGE
 #define TS cbn_bfloat16

@@ -35,13 +35,13 @@ static inline int64_t cf_chunk_end(const cbn_plan *p, int64_t k)
                  off = cf_piece(p, c, m_, m_end_, &len);                                        \
          m_ < m_end_; m_ += len, off = m_ < m_end_ ? cf_piece(p, c, m_, m_end_, &len) : 0)
 
-/* Sums of one piece; ahead: see the run primitives. */
+/* Sums of one piece; ahead: see the run primitives; exact: in double only (a second sum). */
 static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off, int64_t len,
-                                       double pivot, int64_t ahead, double *acc)
+                                       double pivot, int64_t ahead, int exact, double *acc)
 {
-    if (jb->op == OP_TRAIN) FN(run_shifted_sums)(jb->x + off, len, pivot, ahead, acc);
+    if (jb->op == OP_TRAIN) FN(run_shifted_sums)(jb->x + off, len, pivot, ahead, exact, acc);
     else FN(run_dy_sums)(jb->dy + off, jb->y ? jb->y + off : NULL, jb->x + off, len,
-                         (double)jb->backward.mean[c], ahead, acc);
+                         (double)jb->backward.mean[c], ahead, exact, acc);
 }
 
 /* Distance from a piece at `off` to the same place in the next run of its channel, or 0 when it
@@ -51,13 +51,13 @@ static inline int64_t cf_ahead(const cbn_plan *p, int64_t off)
     return p->prefetch && off / (p->C * p->S) + 1 < p->N ? p->C * p->S : 0;
 }
 
-/* Partials of chunk k of channel c (pivot: training's shift). */
+/* Partials of chunk k of channel c (pivot: training's shift; exact: see cf_reduce_piece). */
 static void FN(cf_reduce_chunk)(const FN(job) *jb, int64_t c, int64_t k, double pivot,
-                                double *acc)
+                                int exact, double *acc)
 {
     for (int64_t i = 0; i < FN(n_sums)(jb->op); i++) acc[i] = 0.0;
     CF_FOR_PIECES(&jb->plan, c, k, off, len)
-        FN(cf_reduce_piece)(jb, c, off, len, pivot, cf_ahead(&jb->plan, off), acc);
+        FN(cf_reduce_piece)(jb, c, off, len, pivot, cf_ahead(&jb->plan, off), exact, acc);
 }
 
 /* Partials of channels [c0, c1) in storage order (n outer): long contiguous streams that the
@@ -76,7 +76,8 @@ static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, doubl
                 const int64_t m = n * S + s, k = m / p->chunk;
                 int64_t len = (k + 1) * p->chunk - m;
                 if (len > S - s) len = S - s;
-                FN(cf_reduce_piece)(jb, c, base + s, len, pivot, ahead, part + ns * (c * K + k));
+                FN(cf_reduce_piece)(jb, c, base + s, len, pivot, ahead, 0,
+                                    part + ns * (c * K + k));
                 s += len;
             }
         }
@@ -92,27 +93,37 @@ static void FN(sum_chunk_partials)(const cbn_plan *p, int64_t ns, int64_t c, con
         for (int64_t i = 0; i < ns; i++) s[i] += pc[ns * k + i];
 }
 
+/* Channel c's sums over all its chunks, summed again in double (exact), chunk by chunk. */
+static void FN(cf_sum_channel_exact)(const FN(job) *jb, int64_t c, double pivot, double *s)
+{
+    const int64_t ns = FN(n_sums)(jb->op);
+    double chunk[BACKWARD_SUMS];
+    for (int64_t i = 0; i < ns; i++) s[i] = 0.0;
+    for (int64_t k = 0; k < jb->plan.n_chunks; k++) {
+        FN(cf_reduce_chunk)(jb, c, k, pivot, 1, chunk);
+        for (int64_t i = 0; i < ns; i++) s[i] += chunk[i];
+    }
+}
+
 /* Finalize channel c from its chunk partials. For training, a channel whose one-pass sums
- * cancelled is summed again around its mean, chunk by chunk, by the calling thread. */
+ * cancelled is summed again around its mean, chunk by chunk, by the calling thread; for
+ * backward, a channel whose float blocks overflowed is summed again in double. */
 static void FN(cf_finalize)(const FN(job) *jb, int64_t c, const double *part, int write_outputs,
                             T *coefs)
 {
     double s[BACKWARD_SUMS];
     FN(sum_chunk_partials)(&jb->plan, FN(n_sums)(jb->op), c, part, s);
     if (jb->op == OP_BACKWARD) {
+        if (!FN(sums_finite)(s, BACKWARD_SUMS)) FN(cf_sum_channel_exact)(jb, c, 0.0, s);
         FN(finalize_backward)(jb, c, s, write_outputs, coefs);
         return;
     }
     double mean;
     if (!FN(finalize_train)(jb, c, jb->pivot[c], s[0], s[1], 0, write_outputs, coefs, &mean))
         return;
-    double t[2] = {0.0, 0.0}, chunk[TRAIN_SUMS];
-    for (int64_t k = 0; k < jb->plan.n_chunks; k++) {
-        FN(cf_reduce_chunk)(jb, c, k, mean, chunk);
-        t[0] += chunk[0];
-        t[1] += chunk[1];
-    }
-    FN(finalize_train)(jb, c, mean, t[0], t[1], 1, write_outputs, coefs, &mean);
+    const double pivot = FN(second_pivot)(jb->pivot[c], mean);
+    FN(cf_sum_channel_exact)(jb, c, pivot, s);
+    FN(finalize_train)(jb, c, pivot, s[0], s[1], 1, write_outputs, coefs, &mean);
 }
 
 /* Elementwise pass over values [off, off+len) of one channel; with jb->stream, each block is
@@ -240,7 +251,7 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
     double *s = (double *)scratch, *q = s + W, *col = q + W;   /* col: pivot per column */
     double *d = jb->op == OP_BACKWARD ? col : NULL;            /* backward: sum(x - center) */
     T *center = (T *)(col + W);          /* backward: the saved mean per column */
-    FN(tile) t = {0, p->N, g0 * S, w, p->prefetch};
+    FN(tile) t = {0, p->N, g0 * S, w, p->prefetch, 0};
     for (int64_t c = g0; c < g1; c++) {
         double *restrict pc = col + (c - g0) * S;
         T *restrict mc = center + (c - g0) * S;
@@ -263,14 +274,23 @@ static void FN(cf_column_group)(const FN(job) *jb, int64_t g0, int64_t g1, char 
         T coefs[N_COEF];
         FN(sum_column_sums)(s, q, d, S, j0, sums);
         if (jb->op == OP_BACKWARD) {
+            if (!FN(sums_finite)(sums, BACKWARD_SUMS)) {
+                /* float blocks overflowed: this channel's columns again, in double */
+                FN(tile) tc = {0, p->N, c * S, S, p->prefetch, 1};
+                for (int64_t j = j0; j < j0 + S; j++) s[j] = q[j] = d[j] = 0.0;
+                FN(cl_dy_sums)(jb->x, jb->dy, jb->y, stride, tc, center + j0, s + j0, q + j0,
+                               d + j0);
+                FN(sum_column_sums)(s, q, d, S, j0, sums);
+            }
             FN(finalize_backward)(jb, c, sums, 1, coefs);
         } else if (FN(finalize_train)(jb, c, jb->pivot[c], sums[0], sums[1], 0, 1, coefs, &mean)) {
-            /* cancelled: sum this channel's columns again around its mean */
-            FN(tile) tc = {0, p->N, c * S, S, p->prefetch};
-            for (int64_t j = j0; j < j0 + S; j++) col[j] = mean, s[j] = q[j] = 0.0;
+            /* cancelled: sum this channel's columns again around its mean, in double */
+            FN(tile) tc = {0, p->N, c * S, S, p->prefetch, 1};
+            const double pivot = FN(second_pivot)(jb->pivot[c], mean);
+            for (int64_t j = j0; j < j0 + S; j++) col[j] = pivot, s[j] = q[j] = 0.0;
             FN(cl_shifted_sums)(jb->x, stride, tc, col + j0, s + j0, q + j0);
             FN(sum_column_sums)(s, q, NULL, S, j0, sums);
-            FN(finalize_train)(jb, c, mean, sums[0], sums[1], 1, 1, coefs, &mean);
+            FN(finalize_train)(jb, c, pivot, sums[0], sums[1], 1, 1, coefs, &mean);
         }
         FN(store_coefs)(jb, c, coefs);
     }
@@ -341,12 +361,12 @@ static void FN(cf_ranges_thread)(FN(job) *jb, int64_t t, int64_t nt)
     /* chunks before the first whole channel (all, if the range lies inside one) */
     const int64_t head_end = u1 < own0 * K ? u1 : own0 * K;
     for (int64_t u = u0; u < head_end; u++)
-        FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+        FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0, 0,
                             part + ns * u);
     for (int64_t g0 = own0; g0 < own1; g0 += group)
         FN(cf_whole_group)(jb, g0, g0 + group < own1 ? g0 + group : own1);
     for (int64_t u = own1 * K > head_end ? own1 * K : head_end; u < u1; u++)
-        FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0,
+        FN(cf_reduce_chunk)(jb, u / K, u % K, jb->pivot ? jb->pivot[u / K] : 0.0, 0,
                             part + ns * u);
     TEAM_BARRIER(nt);
     /* Channels cut by a range boundary: at most the one holding u0 and the one

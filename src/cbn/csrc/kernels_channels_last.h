@@ -9,7 +9,9 @@
  * Partials are structure-of-arrays: sum i (of n_sums) of row block rb and channel c at
  * part[i*n_row_blocks*C + rb*C + c]. */
 
-typedef struct { int64_t r0, r1, c0, w; int prefetch; } FN(tile);
+/* rows [r0, r1) of columns [c0, c0 + w); prefetch: software prefetch on; exact: sums in double
+ * only (no float blocks: a second sum) */
+typedef struct { int64_t r0, r1, c0, w; int prefetch, exact; } FN(tile);
 
 static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
 {
@@ -20,6 +22,7 @@ static FN(tile) FN(unit_tile)(const cbn_plan *p, int64_t u)
     t.c0 = ct * p->col_tile;
     t.w = t.c0 + p->col_tile < p->C ? p->col_tile : p->C - t.c0;
     t.prefetch = p->prefetch;
+    t.exact = 0;
     return t;
 }
 
@@ -64,6 +67,63 @@ static inline int64_t FN(columns_per_step)(int far, int64_t w)
     return step < WIDE_STEP ? step : WIDE_STEP;
 }
 
+/* The software prefetches of a step over rows [r, r + rows) of columns [j0, t.w) of the tile
+ * in p (rows C values apart): the next step's rows when rows are far apart, else the rows
+ * `ahead` on (once per step, at j0 == 0). */
+static inline void FN(prefetch_tile_step)(const TS *p, int64_t C, FN(tile) t, int far,
+                                          int64_t ahead, int64_t r, int64_t rows, int64_t j0)
+{
+    for (int64_t k = 0; k < rows; k += 4) {
+        if (far) FN(prefetch_next_rows)(p + t.c0, C, r + rows - 4 + k, t.r1, j0, t.w);
+        else if (j0 == 0) FN(prefetch_rows_ahead)(p, C, r + k, t.r1, ahead);
+    }
+}
+
+#ifdef FLOAT_SUM_BLOCK
+#if FLOAT_SUM_BLOCK != 8
+#error "the channels-last float blocks are written for 8 rows"
+#endif
+/* The float blocks of cl_shifted_sums (see FLOAT_SUM_BLOCK): 8 rows per step, each column's 8
+ * differences and squares added pairwise in float, then in double to s[j], q[j]. pivot: float
+ * values (as_pivot). Returns the first row left. */
+static int64_t FN(cl_shifted_blocks)(const TS *x, int64_t C, FN(tile) t,
+                                     const double *restrict pivot, double *restrict s,
+                                     double *restrict q)
+{
+    const int far = t.prefetch && C > t.w;
+    const int64_t step = FN(columns_per_step)(far, t.w);
+    const int64_t ahead = FN(rows_ahead)(C);
+    TV b[8][WIDE_BUF];
+    int64_t r = t.r0;
+    for (; r + 8 <= t.r1; r += 8) {
+        const TS *x0 = x + r * C + t.c0;
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t m = j0 + step < t.w ? step : t.w - j0;
+            if (t.prefetch) FN(prefetch_tile_step)(x, C, t, far, ahead, r, 8, j0);
+            const TV *w[8];
+            for (int k = 0; k < 8; k++) w[k] = WIDE_VIEW(b[k], x0 + k * C + j0, m);
+            const TV *restrict w0 = w[0], *restrict w1 = w[1], *restrict w2 = w[2],
+                     *restrict w3 = w[3], *restrict w4 = w[4], *restrict w5 = w[5],
+                     *restrict w6 = w[6], *restrict w7 = w[7];
+            const double *restrict pv = pivot + j0;
+            double *restrict sj = s + j0, *restrict qj = q + j0;
+#pragma omp simd
+            for (int64_t j = 0; j < m; j++) {
+                const T p = (T)pv[j];
+                const T d0 = WIDEN_V(w0[j]) - p, d1 = WIDEN_V(w1[j]) - p,
+                        d2 = WIDEN_V(w2[j]) - p, d3 = WIDEN_V(w3[j]) - p,
+                        d4 = WIDEN_V(w4[j]) - p, d5 = WIDEN_V(w5[j]) - p,
+                        d6 = WIDEN_V(w6[j]) - p, d7 = WIDEN_V(w7[j]) - p;
+                sj[j] += (double)(((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7)));
+                qj[j] += (double)((MULADDF(d1, d1, d0 * d0) + MULADDF(d3, d3, d2 * d2)) +
+                                  (MULADDF(d5, d5, d4 * d4) + MULADDF(d7, d7, d6 * d6)));
+            }
+        }
+    }
+    return r;
+}
+#endif
+
 /* Column sums of the tile: s[j] = sum_r (x - pivot[j]), q[j] = sum_r (x - pivot[j])^2.
  * Four rows per step keep the accumulators' memory traffic below the data's. */
 static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double *restrict pivot,
@@ -74,12 +134,14 @@ static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double
     const int64_t ahead = FN(rows_ahead)(C);
     TV b0[WIDE_BUF], b1[WIDE_BUF], b2[WIDE_BUF], b3[WIDE_BUF];
     int64_t r = t.r0;
+#ifdef FLOAT_SUM_BLOCK
+    if (!t.exact) r = FN(cl_shifted_blocks)(x, C, t, pivot, s, q);
+#endif
     for (; r + 4 <= t.r1; r += 4) {
         const TS *x0 = x + r * C + t.c0, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
-        if (t.prefetch && !far) FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t m = j0 + step < t.w ? step : t.w - j0;
-            if (far) FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
+            if (t.prefetch) FN(prefetch_tile_step)(x, C, t, far, ahead, r, 4, j0);
             const TV *restrict w0 = WIDE_VIEW(b0, x0 + j0, m),
                     *restrict w1 = WIDE_VIEW(b1, x1 + j0, m),
                     *restrict w2 = WIDE_VIEW(b2, x2 + j0, m),
@@ -107,6 +169,66 @@ static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double
     }
 }
 
+#ifdef FLOAT_SUM_BLOCK
+/* The float blocks of cl_dy_sums_body (see FLOAT_SUM_BLOCK): 8 rows per step, added pairwise in
+ * float per column, then in double. Returns the first row left. */
+APPLY_INLINE int64_t FN(cl_dy_blocks)(const TS *x, const TS *dy, const TS *y, int64_t C,
+                                       FN(tile) t, const T *restrict center, double *restrict s,
+                                       double *restrict q, double *restrict d)
+{
+    const int far = t.prefetch && C > t.w;
+    const int64_t step = FN(columns_per_step)(far, t.w);
+    const int64_t ahead = FN(rows_ahead)(C);
+    TV xb[8][WIDE_BUF], gb[8][WIDE_BUF], yb[8][WIDE_BUF];
+    int64_t r = t.r0;
+    for (; r + 8 <= t.r1; r += 8) {
+        const int64_t o0 = r * C + t.c0;
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t n = j0 + step < t.w ? step : t.w - j0;
+            if (t.prefetch) {
+                FN(prefetch_tile_step)(x, C, t, far, ahead, r, 8, j0);
+                FN(prefetch_tile_step)(dy, C, t, far, ahead, r, 8, j0);
+                if (y) FN(prefetch_tile_step)(y, C, t, far, ahead, r, 8, j0);
+            }
+            const TV *xw[8], *gw[8], *yw[8];
+            for (int k = 0; k < 8; k++) {
+                const int64_t o = o0 + k * C + j0;
+                xw[k] = WIDE_VIEW(xb[k], x + o, n);
+                gw[k] = WIDE_VIEW(gb[k], dy + o, n);
+                yw[k] = y ? WIDE_VIEW(yb[k], y + o, n) : NULL;
+            }
+            const T *restrict cj = center + j0;
+            double *restrict sj = s + j0, *restrict qj = q + j0, *restrict dj = d + j0;
+            const TV *restrict x0 = xw[0], *restrict x1 = xw[1], *restrict x2 = xw[2],
+                     *restrict x3 = xw[3], *restrict x4 = xw[4], *restrict x5 = xw[5],
+                     *restrict x6 = xw[6], *restrict x7 = xw[7];
+            const TV *restrict g0 = gw[0], *restrict g1 = gw[1], *restrict g2 = gw[2],
+                     *restrict g3 = gw[3], *restrict g4 = gw[4], *restrict g5 = gw[5],
+                     *restrict g6 = gw[6], *restrict g7 = gw[7];
+            const TV *restrict y0 = yw[0], *restrict y1 = yw[1], *restrict y2 = yw[2],
+                     *restrict y3 = yw[3], *restrict y4 = yw[4], *restrict y5 = yw[5],
+                     *restrict y6 = yw[6], *restrict y7 = yw[7];
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) {
+                const T m = cj[j];
+                const T e0 = GRAD_V(g0, y0, j), e1 = GRAD_V(g1, y1, j), e2 = GRAD_V(g2, y2, j),
+                        e3 = GRAD_V(g3, y3, j), e4 = GRAD_V(g4, y4, j), e5 = GRAD_V(g5, y5, j),
+                        e6 = GRAD_V(g6, y6, j), e7 = GRAD_V(g7, y7, j);
+                const T c0 = WIDEN_V(x0[j]) - m, c1 = WIDEN_V(x1[j]) - m,
+                        c2 = WIDEN_V(x2[j]) - m, c3 = WIDEN_V(x3[j]) - m,
+                        c4 = WIDEN_V(x4[j]) - m, c5 = WIDEN_V(x5[j]) - m,
+                        c6 = WIDEN_V(x6[j]) - m, c7 = WIDEN_V(x7[j]) - m;
+                sj[j] += (double)(((e0 + e1) + (e2 + e3)) + ((e4 + e5) + (e6 + e7)));
+                qj[j] += (double)((MULADDF(e1, c1, e0 * c0) + MULADDF(e3, c3, e2 * c2)) +
+                                  (MULADDF(e5, c5, e4 * c4) + MULADDF(e7, c7, e6 * c6)));
+                dj[j] += (double)(((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)));
+            }
+        }
+    }
+    return r;
+}
+#endif
+
 /* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - center[j]), d[j] = sum_r (x - center[j])
  * with g = GRAD(dy, y), four rows per step. Written once; the two calls below specialize it for
  * y == NULL and y != NULL, so the mask costs nothing when there is no activation. */
@@ -120,19 +242,17 @@ APPLY_INLINE void FN(cl_dy_sums_body)(const TS *x, const TS *dy, const TS *y, in
     const int64_t ahead = FN(rows_ahead)(C);
     TV xb[4][WIDE_BUF], gb[4][WIDE_BUF], yb[4][WIDE_BUF];
     int64_t r = t.r0;
+#ifdef FLOAT_SUM_BLOCK
+    if (!t.exact) r = FN(cl_dy_blocks)(x, dy, y, C, t, center, s, q, d);
+#endif
     for (; r + 4 <= t.r1; r += 4) {
         const int64_t o0 = r * C + t.c0;
-        if (t.prefetch && !far) {
-            FN(prefetch_rows_ahead)(x, C, r, t.r1, ahead);
-            FN(prefetch_rows_ahead)(dy, C, r, t.r1, ahead);
-            if (y) FN(prefetch_rows_ahead)(y, C, r, t.r1, ahead);
-        }
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t n = j0 + step < t.w ? step : t.w - j0;
-            if (far) {
-                FN(prefetch_next_rows)(x + t.c0, C, r, t.r1, j0, t.w);
-                FN(prefetch_next_rows)(dy + t.c0, C, r, t.r1, j0, t.w);
-                if (y) FN(prefetch_next_rows)(y + t.c0, C, r, t.r1, j0, t.w);
+            if (t.prefetch) {
+                FN(prefetch_tile_step)(x, C, t, far, ahead, r, 4, j0);
+                FN(prefetch_tile_step)(dy, C, t, far, ahead, r, 4, j0);
+                if (y) FN(prefetch_tile_step)(y, C, t, far, ahead, r, 4, j0);
             }
             /* the 4 rows' columns [j0, j0 + n) */
             const int64_t o = o0 + j0;
@@ -184,10 +304,11 @@ static void FN(cl_dy_sums)(const TS *x, const TS *dy, const TS *y, int64_t C, FN
     else FN(cl_dy_sums_body)(x, dy, NULL, C, t, center, s, q, d);
 }
 
-static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u)
+static void FN(cl_reduce_unit)(const FN(job) *jb, int64_t u, int exact)
 {
     const cbn_plan *p = &jb->plan;
-    const FN(tile) t = FN(unit_tile)(p, u);
+    FN(tile) t = FN(unit_tile)(p, u);
+    t.exact = exact;
     const int64_t at = (t.r0 / p->row_block) * p->C + t.c0, BC = p->n_row_blocks * p->C;
     double *s = jb->partials + at, *q = s + BC, *d = q + BC;     /* d: backward's third sum */
     for (int64_t i = 0; i < FN(n_sums)(jb->op); i++)

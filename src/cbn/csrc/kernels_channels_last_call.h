@@ -57,7 +57,7 @@ static int FN(cl_finalize_train)(const FN(job) *jb, int64_t c0, int64_t n,
             T coefs[N_COEF];
             double mn;
             if (second_pass[j]) {
-                pivot[j] = mean[j];
+                pivot[j] = FN(second_pivot)(pivot[j], mean[j]);
                 continue;
             }
             FN(finalize_train)(jb, c0 + j, pivot[j], s[j], q[j], 1, 1, coefs, &mn);
@@ -118,6 +118,17 @@ typedef struct {
     const double *sum_dy, *sum_dy_xc, *sum_xc;
     T *coef[N_COEF];
 } FN(backward_work);
+
+/* Whether the backward sums of the n channels of wk are all finite (see sums_finite). */
+static int FN(cl_sums_finite)(const FN(backward_work) *wk, int64_t n)
+{
+    int finite = 1;
+    for (int64_t j = 0; j < n; j++) {
+        const double s[BACKWARD_SUMS] = {wk->sum_dy[j], wk->sum_dy_xc[j], wk->sum_xc[j]};
+        finite &= FN(sums_finite)(s, BACKWARD_SUMS);
+    }
+    return finite;
+}
 
 static FN(backward_work) FN(job_backward_work)(const FN(job) *jb, int64_t c0)
 {
@@ -233,15 +244,16 @@ static void FN(cl_train_tile)(const FN(job) *jb, int64_t u)
     T coef_values[N_COEF][CBN_MAX_COL_TILE];
     FN(train_work) wk = {s, q, pivot, mean, m2, invstd, second_pass, {NULL}};
     for (int i = 0; i < N_COEF; i++) wk.coef[i] = coef_values[i];
-    for (int64_t j = 0; j < t.w; j++) {
-        pivot[j] = (double)WIDEN(jb->x[t.c0 + j]);   /* each channel's first value */
-        s[j] = q[j] = 0.0;
-    }
+    FN(channel_pivots)(p, jb->x, t.c0, t.w, pivot);
+    for (int64_t j = 0; j < t.w; j++) s[j] = q[j] = 0.0;
     FN(cl_shifted_sums)(jb->x, p->C, t, pivot, s, q);
     if (FN(cl_finalize_train)(jb, t.c0, t.w, &wk)) {
-        /* sum again around the means of the channels that cancelled (now their pivots) */
+        /* sum again, in double, around the means of the channels that cancelled (now their
+         * pivots) */
+        FN(tile) te = t;
+        te.exact = 1;
         for (int64_t j = 0; j < t.w; j++) s[j] = q[j] = 0.0;
-        FN(cl_shifted_sums)(jb->x, p->C, t, pivot, s, q);
+        FN(cl_shifted_sums)(jb->x, p->C, te, pivot, s, q);
         for (int64_t j = 0; j < t.w; j++) {
             T coefs[N_COEF];
             double mn;
@@ -278,9 +290,14 @@ static void FN(cl_backward_tile)(const FN(job) *jb, int64_t u)
     T coef_values[N_COEF][CBN_MAX_COL_TILE];
     FN(backward_work) wk = {sum_dy, sum_dy_xc, sum_xc, {NULL}};
     for (int i = 0; i < N_COEF; i++) wk.coef[i] = coef_values[i];
-    for (int64_t j = 0; j < t.w; j++) sum_dy[j] = sum_dy_xc[j] = sum_xc[j] = 0.0;
-    FN(cl_dy_sums)(jb->x, jb->dy, jb->y, jb->plan.C, t, jb->backward.mean + t.c0, sum_dy,
-                   sum_dy_xc, sum_xc);
+    for (int pass = 0; pass < 2; pass++) {    /* again in double if float blocks overflowed */
+        FN(tile) tp = t;
+        tp.exact = pass;
+        for (int64_t j = 0; j < t.w; j++) sum_dy[j] = sum_dy_xc[j] = sum_xc[j] = 0.0;
+        FN(cl_dy_sums)(jb->x, jb->dy, jb->y, jb->plan.C, tp, jb->backward.mean + t.c0, sum_dy,
+                       sum_dy_xc, sum_xc);
+        if (FN(cl_sums_finite)(&wk, t.w)) break;
+    }
     FN(cl_finalize_backward)(jb, t.c0, t.w, &wk);
     if (!jb->reduce_only) FN(cl_apply_tile)(jb, t, wk.coef);
 }
@@ -303,8 +320,9 @@ static void FN(cl_tiles_thread)(FN(job) *jb, int64_t t, int64_t nt)
     cbn_stream_fence();
 }
 
-/* Reduce every unit; sum and finalize each channel; sum again, around the mean, the channels
- * whose one-pass sums cancelled (rare: a first value far out in its channel); then apply. Each
+/* Reduce every unit; sum and finalize each channel; sum again, in double and around the mean,
+ * the channels whose one-pass sums cancelled (rare: a pivot far out in its channel), or every
+ * channel of a backward whose float blocks overflowed (data beyond ~1e19); then apply. Each
  * thread applies about the row blocks it reduced, last first: those were read most recently and
  * are the ones still in cache when the tensor does not fit. */
 static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
@@ -314,16 +332,17 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
     const int64_t u0 = U * t / nt, u1 = U * (t + 1) / nt;
     const int64_t c0 = C * t / nt, c1 = C * (t + 1) / nt;
     if (!jb->apply_only) {
-        for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
+        for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u, 0);
         TEAM_BARRIER(nt);
         FN(sum_row_block_partials)(jb, c0, c1);
         int mine_cancelled = 0;
         if (jb->op == OP_TRAIN) {
             const FN(train_work) wk = FN(job_train_work)(jb, c0);
             mine_cancelled = FN(cl_finalize_train)(jb, c0, c1 - c0, &wk);
-        } else {
+        } else {    /* overflowed float blocks are summed again, in double, below */
             const FN(backward_work) wk = FN(job_backward_work)(jb, c0);
-            FN(cl_finalize_backward)(jb, c0, c1 - c0, &wk);
+            mine_cancelled = !FN(cl_sums_finite)(&wk, c1 - c0);
+            if (!mine_cancelled) FN(cl_finalize_backward)(jb, c0, c1 - c0, &wk);
         }
         if (mine_cancelled) {
 #pragma omp atomic write
@@ -333,11 +352,15 @@ static void FN(cl_thread)(FN(job) *jb, int64_t t, int64_t nt)
         int second_pass;
 #pragma omp atomic read
         second_pass = jb->any_second_pass;
-        if (second_pass) {      /* all threads agree: a second pass, pivots at the means */
-            for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u);
+        if (second_pass) {      /* all threads agree: a second pass, in double */
+            for (int64_t u = u0; u < u1; u++) FN(cl_reduce_unit)(jb, u, 1);
             TEAM_BARRIER(nt);
             FN(sum_row_block_partials)(jb, c0, c1);
-            for (int64_t c = c0; c < c1; c++) {
+            if (jb->op == OP_BACKWARD) {    /* every channel: as on any other thread count */
+                const FN(backward_work) wk = FN(job_backward_work)(jb, c0);
+                FN(cl_finalize_backward)(jb, c0, c1 - c0, &wk);
+            }
+            for (int64_t c = c0; c < c1 && jb->op == OP_TRAIN; c++) {
                 T coefs[N_COEF];
                 double mean;
                 if (!jb->second_pass[c]) continue;

@@ -12,8 +12,10 @@
  * for any thread count within one build, and across builds that have FMA (v3, v4, native). */
 #if defined(__FMA__) || defined(__aarch64__)
 #define MULADD(a, b, c) fma((a), (b), (c))
+#define MULADDF(a, b, c) fmaf((a), (b), (c))      /* the same in float */
 #else
 #define MULADD(a, b, c) ((a) * (b) + (c))
+#define MULADDF(a, b, c) ((a) * (b) + (c))
 #endif
 
 #define CAT_(a, b) a##_##b
@@ -225,6 +227,70 @@ static inline void FN(widen_lanes)(const TS *restrict src, T *restrict dst)
 #define LANES_VIEW(buf, src) ((void)(buf), (const T *)(src))   /* buf: unused */
 #endif
 
+/* ---- float blocks: how float32 (and 16-bit) values are summed -------------------------------
+ * Sums are carried in double. With T = float (FLOAT_SUM_BLOCK defined by the instantiation
+ * file), each lane first sums at most FLOAT_SUM_BLOCK values in float: their differences from a
+ * float pivot or centre, the squares and the products with the gradient; each block's sum is
+ * then added in double. Converting every value to double cost twice the arithmetic, and the sums
+ * were half of every training and backward call. A block adds at most FLOAT_SUM_BLOCK roundings
+ * of 2^-24 relative to the block's own magnitude, so the statistics stay within about 1e-7
+ * relative (tests/test_precision.py measures it), where PyTorch sums whole channels in float.
+ * float64 sums every value in double. Blocks lie within a run or a tile, whose bounds are fixed
+ * by the shape: results stay bit-identical for every thread count. */
+#ifdef FLOAT_SUM_BLOCK
+#if FLOAT_SUM_BLOCK < 1 || FLOAT_SUM_BLOCK > 8
+#error "FLOAT_SUM_BLOCK: 1 to 8 values per lane and block (the stated error bound)"
+#endif
+#endif
+
+/* A pivot the sums can subtract in T: a training pivot moved to a channel's mean is rounded to
+ * T, and the channel's shifted sums are around that value (a no-op for double). */
+static inline double FN(as_pivot)(double v) { return (double)(T)v; }
+
+/* Training's pivots (the sums are of x - pivot; see finalize): values of T near each channel's
+ * values, so that little cancels. Float blocks lose 2^-24 per block relative to
+ * sum((x - pivot)^2), which a pivot a few deviations out makes large against M2 (float32's
+ * STATS_MAX_CANCEL is therefore small), so with them a pivot is the mean of a few values spread
+ * over the channel, rounded to T: channels-last, up to 16 rows spread over the channel (one per 8
+ * rows; whole rows, read across channels); channels-first, the first 4 values of up to 4 runs
+ * spread over the batch (a cache line each), as many as a quarter of the channel's values at
+ * most. double takes each channel's first value. A channel whose sums still cancelled too much is
+ * summed again around its mean. pivot[j]: channel c0 + j, for n channels. */
+static void FN(channel_pivots)(const cbn_plan *p, const TS *x, int64_t c0, int64_t n,
+                               double *pivot)
+{
+#ifdef FLOAT_SUM_BLOCK
+    const int64_t M = p->M;
+    if (p->channels_last) {
+        const int64_t rows = M / 8 < 1 ? 1 : M / 8 > 16 ? 16 : M / 8;
+        for (int64_t j = 0; j < n; j++) pivot[j] = 0.0;
+        for (int64_t k = 0; k < rows; k++) {
+            const TS *restrict xr = x + M * k / rows * p->C + c0;
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) pivot[j] += (double)WIDEN(xr[j]);
+        }
+        for (int64_t j = 0; j < n; j++) pivot[j] = FN(as_pivot)(pivot[j] / (double)rows);
+        return;
+    }
+    int64_t runs = p->N < 4 ? p->N : 4, per_run = p->S < 4 ? p->S : 4;
+    if (runs * per_run > M / 4) {
+        runs = 1;
+        per_run = M / 4 < 1 ? 1 : M / 4 < p->S ? M / 4 : p->S;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        double sum = 0.0;
+        for (int64_t k = 0; k < runs; k++) {
+            const TS *run = x + (p->N * k / runs * p->C + c0 + j) * p->S;
+            for (int64_t v = 0; v < per_run; v++) sum += (double)WIDEN(run[v]);
+        }
+        pivot[j] = FN(as_pivot)(sum / (double)(runs * per_run));
+    }
+#else
+    for (int64_t j = 0; j < n; j++)
+        pivot[j] = (double)WIDEN(x[p->channels_last ? c0 + j : (c0 + j) * p->S]);
+#endif
+}
+
 /* The LANES values of a, added pairwise (half of them onto the other half, and again): a short
  * dependency chain, since runs can be short. Constant bounds throughout, so the lanes stay in
  * registers. */
@@ -245,10 +311,88 @@ static inline void FN(add_lanes)(const double *a, const double *q, double ta, do
     s[1] += FN(sum_lanes)(q) + tq;
 }
 
-/* s[0] += sum(x - pivot), s[1] += sum((x - pivot)^2) */
-static void FN(run_shifted_sums)(const TS *restrict p, int64_t n, double pivot, int64_t ahead,
-                                 double *s)
+#ifdef FLOAT_SUM_BLOCK
+/* The contiguous sums in float blocks (see FLOAT_SUM_BLOCK). A step of LANES values puts two
+ * into each of FLANES float lanes; FLOAT_SUM_BLOCK / 2 steps make a block, whose lanes are then
+ * added to FLANES double lanes (set by the first block). Half-width lanes keep every
+ * accumulator in registers with AVX2's 16, and short runs pay little to start and end. */
+#define FLANES (LANES / 2)
+#define FLOAT_BLOCK_STEPS (FLOAT_SUM_BLOCK / 2)
+
+/* the FLANES values of a, added pairwise */
+static inline double FN(sum_flanes)(const double *a)
 {
+    double a8[8], a4[4];
+    for (int j = 0; j < 8; j++) a8[j] = a[j] + a[j + 8];
+    for (int j = 0; j < 4; j++) a4[j] = a8[j] + a8[j + 4];
+    return (a4[0] + a4[2]) + (a4[1] + a4[3]);
+}
+
+/* A block's float lanes into the double lanes: set by the first block, added after. */
+static inline void FN(carry_flanes)(const T *restrict f, double *restrict a, int first)
+{
+    if (first) {
+#pragma omp simd
+        for (int j = 0; j < FLANES; j++) a[j] = (double)f[j];
+    } else {
+#pragma omp simd
+        for (int j = 0; j < FLANES; j++) a[j] += (double)f[j];
+    }
+}
+
+/* The end of the block that starts at i: FLOAT_BLOCK_STEPS whole steps, or those left. */
+static inline int64_t FN(block_end)(int64_t i, int64_t n)
+{
+    return n - i > FLOAT_BLOCK_STEPS * LANES ? i + FLOAT_BLOCK_STEPS * LANES : n;
+}
+
+/* run_shifted_sums in float blocks. pivot: a float value (as_pivot). */
+static void FN(run_shifted_floats)(const TS *restrict p, int64_t n, double pivot, int64_t ahead,
+                                   double *s)
+{
+    const T pf = (T)pivot;
+    double a[FLANES], q[FLANES];
+    T pb[LANES_BUF];
+    int64_t i = 0;
+    int first = 1;
+    for (; i + LANES <= n; first = 0) {
+        T fa[FLANES] = {0}, fq[FLANES] = {0};
+        for (const int64_t end = FN(block_end)(i, n); i + LANES <= end; i += LANES) {
+            if (ahead) FN(prefetch_step)(p + i + ahead);
+            const T *restrict pw = LANES_VIEW(pb, p + i);
+#pragma omp simd
+            for (int j = 0; j < FLANES; j++) {
+                const T d0 = pw[j] - pf, d1 = pw[j + FLANES] - pf;
+                fa[j] += d0 + d1;
+                fq[j] += MULADDF(d1, d1, d0 * d0);
+            }
+        }
+        FN(carry_flanes)(fa, a, first);
+        FN(carry_flanes)(fq, q, first);
+    }
+    double ta = 0.0, tq = 0.0;           /* the last n % LANES values, in double */
+    for (; i < n; i++) {
+        const double d = (double)WIDEN(p[i]) - pivot;
+        ta += d;
+        tq = MULADD(d, d, tq);
+    }
+    s[0] += (first ? 0.0 : FN(sum_flanes)(a)) + ta;
+    s[1] += (first ? 0.0 : FN(sum_flanes)(q)) + tq;
+}
+#endif
+
+/* s[0] += sum(x - pivot), s[1] += sum((x - pivot)^2); exact: in double only (no float blocks) */
+static void FN(run_shifted_sums)(const TS *restrict p, int64_t n, double pivot, int64_t ahead,
+                                 int exact, double *s)
+{
+#ifdef FLOAT_SUM_BLOCK
+    if (!exact) {
+        FN(run_shifted_floats)(p, n, pivot, ahead, s);
+        return;
+    }
+#else
+    (void)exact;
+#endif
     double a[LANES] = {0.0}, q[LANES] = {0.0};
     int64_t i = 0;
     T pb[LANES_BUF];
@@ -286,19 +430,88 @@ static inline T FN(relu_grad)(T dy, T y) { return y > 0 ? dy : (T)0; }
  * once; the call below specializes it for y == NULL and y != NULL, so the mask costs nothing
  * without activation. */
 #define D_LANES 8
+
+/* the cache lines of one step of the backward sums, `at` values on */
+static inline void FN(prefetch_dy_step)(const TS *dy, const TS *y, const TS *x, int64_t at)
+{
+    FN(prefetch_step)(dy + at);
+    FN(prefetch_step)(x + at);
+    if (y) FN(prefetch_step)(y + at);
+}
+
+#ifdef FLOAT_SUM_BLOCK
+/* run_dy_sums_body in float blocks (see run_shifted_floats); the third sum's double lanes take
+ * two float lanes each. center: a value of T (the saved mean). */
+APPLY_INLINE void FN(run_dy_floats)(const TS *restrict dy, const TS *restrict y,
+                                     const TS *restrict x, int64_t n, double center,
+                                     int64_t ahead, double *s)
+{
+    const T cf = (T)center;
+    double a[FLANES], q[FLANES], d[D_LANES];
+    T dyb[LANES_BUF], yb[LANES_BUF], xb[LANES_BUF];
+    int64_t i = 0;
+    int first = 1;
+    for (; i + LANES <= n; first = 0) {
+        T fa[FLANES] = {0}, fq[FLANES] = {0}, fd[FLANES] = {0};
+        for (const int64_t end = FN(block_end)(i, n); i + LANES <= end; i += LANES) {
+            if (ahead) FN(prefetch_dy_step)(dy, y, x, i + ahead);
+            const T *restrict dyw = LANES_VIEW(dyb, dy + i);
+            const T *restrict xw = LANES_VIEW(xb, x + i);
+            const T *restrict yw = y ? LANES_VIEW(yb, y + i) : NULL;
+#pragma omp simd
+            for (int j = 0; j < FLANES; j++) {
+                const int k = j + FLANES;
+                const T g0 = yw ? FN(relu_grad)(dyw[j], yw[j]) : dyw[j],
+                        g1 = yw ? FN(relu_grad)(dyw[k], yw[k]) : dyw[k];
+                const T e0 = xw[j] - cf, e1 = xw[k] - cf;
+                fa[j] += g0 + g1;
+                fq[j] += MULADDF(g1, e1, g0 * e0);
+                fd[j] += e0 + e1;
+            }
+        }
+        FN(carry_flanes)(fa, a, first);
+        FN(carry_flanes)(fq, q, first);
+        for (int j = 0; j < D_LANES; j++) {
+            const double v = (double)fd[j] + (double)fd[j + D_LANES];
+            d[j] = first ? v : d[j] + v;
+        }
+    }
+    double ta = 0.0, tq = 0.0, td = 0.0;     /* the last n % LANES values, in double */
+    for (; i < n; i++) {
+        const double g = (double)GRAD(dy, y, i), e = (double)WIDEN(x[i]) - center;
+        ta += g;
+        tq = MULADD(g, e, tq);
+        td += e;
+    }
+    if (first) {
+        s[0] += ta;
+        s[1] += tq;
+        s[2] += td;
+        return;
+    }
+    s[0] += FN(sum_flanes)(a) + ta;
+    s[1] += FN(sum_flanes)(q) + tq;
+    s[2] += (((d[0] + d[4]) + (d[2] + d[6])) + ((d[1] + d[5]) + (d[3] + d[7]))) + td;
+}
+#endif
+
 APPLY_INLINE void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict y,
                                         const TS *restrict x, int64_t n, double center,
-                                        int64_t ahead, double *s)
+                                        int64_t ahead, int exact, double *s)
 {
+#ifdef FLOAT_SUM_BLOCK
+    if (!exact) {
+        FN(run_dy_floats)(dy, y, x, n, center, ahead, s);
+        return;
+    }
+#else
+    (void)exact;
+#endif
     double a[LANES] = {0.0}, q[LANES] = {0.0}, d[D_LANES] = {0.0};
     T dyb[LANES_BUF], yb[LANES_BUF], xb[LANES_BUF];
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES) {
-        if (ahead) {
-            FN(prefetch_step)(dy + i + ahead);
-            FN(prefetch_step)(x + i + ahead);
-            if (y) FN(prefetch_step)(y + i + ahead);
-        }
+        if (ahead) FN(prefetch_dy_step)(dy, y, x, i + ahead);
         const T *restrict dyw = LANES_VIEW(dyb, dy + i);
         const T *restrict xw = LANES_VIEW(xb, x + i);
         const T *restrict yw = y ? LANES_VIEW(yb, y + i) : NULL;
@@ -327,10 +540,10 @@ APPLY_INLINE void FN(run_dy_sums_body)(const TS *restrict dy, const TS *restrict
 }
 
 static void FN(run_dy_sums)(const TS *dy, const TS *y, const TS *x, int64_t n, double center,
-                            int64_t ahead, double *s)
+                            int64_t ahead, int exact, double *s)
 {
-    if (y) FN(run_dy_sums_body)(dy, y, x, n, center, ahead, s);
-    else FN(run_dy_sums_body)(dy, NULL, x, n, center, ahead, s);
+    if (y) FN(run_dy_sums_body)(dy, y, x, n, center, ahead, exact, s);
+    else FN(run_dy_sums_body)(dy, NULL, x, n, center, ahead, exact, s);
 }
 
 /* The arithmetic of one run of the elementwise pass, on views (the arrays themselves, or a
@@ -487,7 +700,34 @@ static inline double FN(train_m2)(double pivot, double s, double q, double M, do
     return q - s * (s / M);
 }
 
-static inline int FN(train_cancelled)(double q, double m2) { return q > STATS_MAX_CANCEL * m2; }
+static inline int FN(train_cancelled)(double q, double m2)
+{
+#ifdef FLOAT_SUM_BLOCK
+    if (!(fabs(q) <= DBL_MAX)) return 1;   /* inf or NaN: a float block may have overflowed */
+#endif
+    return q > STATS_MAX_CANCEL * m2;
+}
+
+/* The pivot of a channel's second sum: its mean (as_pivot), or the first pass's pivot when the
+ * mean is not finite (float blocks that overflowed: the second sum, in double, starts over). */
+static inline double FN(second_pivot)(double pivot, double mean)
+{
+    return fabs(mean) <= DBL_MAX ? FN(as_pivot)(mean) : pivot;
+}
+
+/* Whether the n sums at s are finite; a backward whose float blocks overflowed (or whose data
+ * is not finite) sums the channel again in double. Always 1 without float blocks. */
+static inline int FN(sums_finite)(const double *s, int64_t n)
+{
+#ifdef FLOAT_SUM_BLOCK
+    int finite = 1;
+    for (int64_t i = 0; i < n; i++) finite &= fabs(s[i]) <= DBL_MAX;
+    return finite;
+#else
+    (void)s, (void)n;
+    return 1;
+#endif
+}
 
 /* M2 clamped at 0 (rounding can leave it just below); NaN stays NaN */
 static inline double FN(clamped_m2)(double m2) { return m2 < 0.0 ? 0.0 : m2; }

@@ -65,13 +65,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
     T *coef = (T *)(buf + sizeof(double) * (size_t)n_double);
     for (int i = 0; i < N_COEF; i++) jb->coef[i] = by_tiles ? NULL : coef + i * C;
     jb->second_pass = by_tiles ? NULL : (unsigned char *)(coef + n_coef);
-    if (jb->pivot) {              /* each channel's first value */
-        for (int64_t c = 0; c < C; c++) {
-            int64_t len;
-            jb->pivot[c] =
-                (double)WIDEN(jb->x[p->channels_last ? c : cf_piece(p, c, 0, 1, &len)]);
-        }
-    }
+    if (jb->pivot) FN(channel_pivots)(p, jb->x, 0, C, jb->pivot);
     return CBN_OK;
 }
 

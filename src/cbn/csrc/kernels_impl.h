@@ -31,6 +31,7 @@
  *   kernels_entry.h           argument checks, plan and scratch, the public functions
  *   kernels_plan_path.h       which path a call takes (an internal query for the tests)
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
