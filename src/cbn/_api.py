@@ -359,7 +359,8 @@ batch_norm_infer_backward.__doc__ = f"""Gradients of `batch_norm_infer` (frozen 
         dweight = sum(g * (x - running_mean)) / root
         dbias   = sum(g)
 
-    The sums are accumulated in float64; x and dy are read once per channel.
+    The sums are carried in float64 (float32: float blocks of at most 8 values per lane, see
+    README); x and dy are read once per channel.
 
     Parameters
     ----------
