@@ -83,6 +83,24 @@ static inline void FN(prefetch_tile_step)(const TS *p, int64_t C, FN(tile) t, in
 #if FLOAT_SUM_BLOCK != 8
 #error "the channels-last float blocks are written for 8 rows"
 #endif
+/* Columns [j0, j0 + n) of 8 rows of p (C values apart) as the float blocks read them: the
+ * array itself, rows *stride = C apart, or for float16 the rows widened into buf, WIDE_BUF
+ * apart. One base and one stride per array (not 8 row pointers) leave registers for the
+ * arithmetic: with 8 pointers for each of x, dy and y, GCC kept them in vector registers. */
+static inline const TV *FN(rows8_view)(TV *buf, const TS *p, int64_t C, int64_t n,
+                                       int64_t *stride)
+{
+#ifdef WIDEN_BLOCK
+    for (int k = 0; k < 8; k++) WIDEN_BLOCK(p + k * C, buf + k * WIDE_BUF, n);
+    *stride = WIDE_BUF;
+    return buf;
+#else
+    (void)buf, (void)n;
+    *stride = C;
+    return (const TV *)p;
+#endif
+}
+
 /* The float blocks of cl_shifted_sums (see FLOAT_SUM_BLOCK): 8 rows per step, each column's 8
  * differences and squares added pairwise in float, then in double to s[j], q[j]. pivot: float
  * values (as_pivot). Returns the first row left. */
@@ -93,27 +111,24 @@ static int64_t FN(cl_shifted_blocks)(const TS *x, int64_t C, FN(tile) t,
     const int far = t.prefetch && C > t.w;
     const int64_t step = FN(columns_per_step)(far, t.w);
     const int64_t ahead = FN(rows_ahead)(C);
-    TV b[8][WIDE_BUF];
+    TV b[8 * WIDE_BUF];
     int64_t r = t.r0;
     for (; r + 8 <= t.r1; r += 8) {
         const TS *x0 = x + r * C + t.c0;
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t m = j0 + step < t.w ? step : t.w - j0;
             if (t.prefetch) FN(prefetch_tile_step)(x, C, t, far, ahead, r, 8, j0);
-            const TV *w[8];
-            for (int k = 0; k < 8; k++) w[k] = WIDE_VIEW(b[k], x0 + k * C + j0, m);
-            const TV *restrict w0 = w[0], *restrict w1 = w[1], *restrict w2 = w[2],
-                     *restrict w3 = w[3], *restrict w4 = w[4], *restrict w5 = w[5],
-                     *restrict w6 = w[6], *restrict w7 = w[7];
+            int64_t xs;
+            const TV *restrict w = FN(rows8_view)(b, x0 + j0, C, m, &xs);
             const double *restrict pv = pivot + j0;
             double *restrict sj = s + j0, *restrict qj = q + j0;
 #pragma omp simd
             for (int64_t j = 0; j < m; j++) {
                 const T p = (T)pv[j];
-                const T d0 = WIDEN_V(w0[j]) - p, d1 = WIDEN_V(w1[j]) - p,
-                        d2 = WIDEN_V(w2[j]) - p, d3 = WIDEN_V(w3[j]) - p,
-                        d4 = WIDEN_V(w4[j]) - p, d5 = WIDEN_V(w5[j]) - p,
-                        d6 = WIDEN_V(w6[j]) - p, d7 = WIDEN_V(w7[j]) - p;
+                const T d0 = WIDEN_V(w[j]) - p, d1 = WIDEN_V(w[j + xs]) - p,
+                        d2 = WIDEN_V(w[j + 2 * xs]) - p, d3 = WIDEN_V(w[j + 3 * xs]) - p,
+                        d4 = WIDEN_V(w[j + 4 * xs]) - p, d5 = WIDEN_V(w[j + 5 * xs]) - p,
+                        d6 = WIDEN_V(w[j + 6 * xs]) - p, d7 = WIDEN_V(w[j + 7 * xs]) - p;
                 sj[j] += (double)(((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7)));
                 qj[j] += (double)((MULADDF(d1, d1, d0 * d0) + MULADDF(d3, d3, d2 * d2)) +
                                   (MULADDF(d5, d5, d4 * d4) + MULADDF(d7, d7, d6 * d6)));
@@ -170,6 +185,11 @@ static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double
 }
 
 #ifdef FLOAT_SUM_BLOCK
+/* The gradient at column j of row k of a rows8_view (GRAD_V with a row stride). */
+#define GRAD_ROW(g, gs, yv, ys, k, j)                                                           \
+    ((yv) ? FN(relu_grad)(WIDEN_V((g)[(j) + (k) * (gs)]), WIDEN_V((yv)[(j) + (k) * (ys)]))     \
+          : WIDEN_V((g)[(j) + (k) * (gs)]))
+
 /* The float blocks of cl_dy_sums_body (see FLOAT_SUM_BLOCK): 8 rows per step, added pairwise in
  * float per column, then in double. Returns the first row left. */
 APPLY_INLINE int64_t FN(cl_dy_blocks)(const TS *x, const TS *dy, const TS *y, int64_t C,
@@ -179,7 +199,7 @@ APPLY_INLINE int64_t FN(cl_dy_blocks)(const TS *x, const TS *dy, const TS *y, in
     const int far = t.prefetch && C > t.w;
     const int64_t step = FN(columns_per_step)(far, t.w);
     const int64_t ahead = FN(rows_ahead)(C);
-    TV xb[8][WIDE_BUF], gb[8][WIDE_BUF], yb[8][WIDE_BUF];
+    TV xb[8 * WIDE_BUF], gb[8 * WIDE_BUF], yb[8 * WIDE_BUF];
     int64_t r = t.r0;
     for (; r + 8 <= t.r1; r += 8) {
         const int64_t o0 = r * C + t.c0;
@@ -190,34 +210,23 @@ APPLY_INLINE int64_t FN(cl_dy_blocks)(const TS *x, const TS *dy, const TS *y, in
                 FN(prefetch_tile_step)(dy, C, t, far, ahead, r, 8, j0);
                 if (y) FN(prefetch_tile_step)(y, C, t, far, ahead, r, 8, j0);
             }
-            const TV *xw[8], *gw[8], *yw[8];
-            for (int k = 0; k < 8; k++) {
-                const int64_t o = o0 + k * C + j0;
-                xw[k] = WIDE_VIEW(xb[k], x + o, n);
-                gw[k] = WIDE_VIEW(gb[k], dy + o, n);
-                yw[k] = y ? WIDE_VIEW(yb[k], y + o, n) : NULL;
-            }
+            int64_t xs, gs, ys = 0;
+            const TV *restrict xv = FN(rows8_view)(xb, x + o0 + j0, C, n, &xs);
+            const TV *restrict g = FN(rows8_view)(gb, dy + o0 + j0, C, n, &gs);
+            const TV *restrict yv = y ? FN(rows8_view)(yb, y + o0 + j0, C, n, &ys) : NULL;
             const T *restrict cj = center + j0;
             double *restrict sj = s + j0, *restrict qj = q + j0, *restrict dj = d + j0;
-            const TV *restrict x0 = xw[0], *restrict x1 = xw[1], *restrict x2 = xw[2],
-                     *restrict x3 = xw[3], *restrict x4 = xw[4], *restrict x5 = xw[5],
-                     *restrict x6 = xw[6], *restrict x7 = xw[7];
-            const TV *restrict g0 = gw[0], *restrict g1 = gw[1], *restrict g2 = gw[2],
-                     *restrict g3 = gw[3], *restrict g4 = gw[4], *restrict g5 = gw[5],
-                     *restrict g6 = gw[6], *restrict g7 = gw[7];
-            const TV *restrict y0 = yw[0], *restrict y1 = yw[1], *restrict y2 = yw[2],
-                     *restrict y3 = yw[3], *restrict y4 = yw[4], *restrict y5 = yw[5],
-                     *restrict y6 = yw[6], *restrict y7 = yw[7];
 #pragma omp simd
             for (int64_t j = 0; j < n; j++) {
                 const T m = cj[j];
-                const T e0 = GRAD_V(g0, y0, j), e1 = GRAD_V(g1, y1, j), e2 = GRAD_V(g2, y2, j),
-                        e3 = GRAD_V(g3, y3, j), e4 = GRAD_V(g4, y4, j), e5 = GRAD_V(g5, y5, j),
-                        e6 = GRAD_V(g6, y6, j), e7 = GRAD_V(g7, y7, j);
-                const T c0 = WIDEN_V(x0[j]) - m, c1 = WIDEN_V(x1[j]) - m,
-                        c2 = WIDEN_V(x2[j]) - m, c3 = WIDEN_V(x3[j]) - m,
-                        c4 = WIDEN_V(x4[j]) - m, c5 = WIDEN_V(x5[j]) - m,
-                        c6 = WIDEN_V(x6[j]) - m, c7 = WIDEN_V(x7[j]) - m;
+                const T e0 = GRAD_ROW(g, gs, yv, ys, 0, j), e1 = GRAD_ROW(g, gs, yv, ys, 1, j),
+                        e2 = GRAD_ROW(g, gs, yv, ys, 2, j), e3 = GRAD_ROW(g, gs, yv, ys, 3, j),
+                        e4 = GRAD_ROW(g, gs, yv, ys, 4, j), e5 = GRAD_ROW(g, gs, yv, ys, 5, j),
+                        e6 = GRAD_ROW(g, gs, yv, ys, 6, j), e7 = GRAD_ROW(g, gs, yv, ys, 7, j);
+                const T c0 = WIDEN_V(xv[j]) - m, c1 = WIDEN_V(xv[j + xs]) - m,
+                        c2 = WIDEN_V(xv[j + 2 * xs]) - m, c3 = WIDEN_V(xv[j + 3 * xs]) - m,
+                        c4 = WIDEN_V(xv[j + 4 * xs]) - m, c5 = WIDEN_V(xv[j + 5 * xs]) - m,
+                        c6 = WIDEN_V(xv[j + 6 * xs]) - m, c7 = WIDEN_V(xv[j + 7 * xs]) - m;
                 sj[j] += (double)(((e0 + e1) + (e2 + e3)) + ((e4 + e5) + (e6 + e7)));
                 qj[j] += (double)((MULADDF(e1, c1, e0 * c0) + MULADDF(e3, c3, e2 * c2)) +
                                   (MULADDF(e5, c5, e4 * c4) + MULADDF(e7, c7, e6 * c6)));
@@ -227,6 +236,7 @@ APPLY_INLINE int64_t FN(cl_dy_blocks)(const TS *x, const TS *dy, const TS *y, in
     }
     return r;
 }
+#undef GRAD_ROW
 #endif
 
 /* Column sums s[j] = sum_r g, q[j] = sum_r g*(x - center[j]), d[j] = sum_r (x - center[j])
