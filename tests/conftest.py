@@ -72,7 +72,7 @@ SMALL_CASES = [
 #   cf-ranges       channels-first, threads take ranges of chunks (channels cut between them)
 #   cf-groups       channels-first, threads take groups of whole channels reduced and applied
 #                   while in cache
-#   cf-columns      channels-first with short runs (S <= 128), done as columns
+#   cf-columns      channels-first with short runs (S <= 128; backward S <= 56), done as columns
 #   cl-blocks       channels-last, row blocks reduced, then applied
 #   cl-whole-tiles  channels-last with one row block: each column tile reduced and applied at once
 #   +stream         the output is written with streaming stores (>= 16 MB)

@@ -43,3 +43,7 @@ def test_plan_path_answers_what_the_kernels_decide(many_threads):
     assert path_of(("NCHW", (2, 3, 600, 700)), f32=True) == "cf-ranges"
     assert path_of(("NCHW", (2, 3, 600, 700)), f32=False) == "cf-ranges+stream"
     assert _core.plan_path(4, 3, 35, False, True, "train", 16)["n_threads"] == 1
+    # backward goes by runs from shorter runs than training (plan.h: CBN_BACKWARD_COLUMN_MAX_S)
+    assert path_of(("NCHW", (8, 64, 8, 8)), "train") == "cf-columns"
+    assert path_of(("NCHW", (8, 64, 8, 8)), "backward") in {"cf-groups", "cf-ranges"}
+    assert path_of(("NCHW", (32, 64, 7, 7)), "backward") == "cf-columns"

@@ -314,8 +314,9 @@ static inline void FN(add_lanes)(const double *a, const double *q, double ta, do
 #ifdef FLOAT_SUM_BLOCK
 /* The contiguous sums in float blocks (see FLOAT_SUM_BLOCK). A step of LANES values puts two
  * into each of FLANES float lanes; FLOAT_SUM_BLOCK / 2 steps make a block, whose lanes are then
- * added to FLANES double lanes (set by the first block). Half-width lanes keep every
- * accumulator in registers with AVX2's 16, and short runs pay little to start and end. */
+ * added to FLANES double lanes. Half-width lanes keep every accumulator in registers with
+ * AVX2's 16, and short runs pay little to start and end: of the last n % LANES values, FLANES
+ * go to the double lanes in one vector step, and only the rest one by one. */
 #define FLANES (LANES / 2)
 #define FLOAT_BLOCK_STEPS (FLOAT_SUM_BLOCK / 2)
 
@@ -328,16 +329,11 @@ static inline double FN(sum_flanes)(const double *a)
     return (a4[0] + a4[2]) + (a4[1] + a4[3]);
 }
 
-/* A block's float lanes into the double lanes: set by the first block, added after. */
-static inline void FN(carry_flanes)(const T *restrict f, double *restrict a, int first)
+/* A block's float lanes into the double lanes. */
+static inline void FN(carry_flanes)(const T *restrict f, double *restrict a)
 {
-    if (first) {
 #pragma omp simd
-        for (int j = 0; j < FLANES; j++) a[j] = (double)f[j];
-    } else {
-#pragma omp simd
-        for (int j = 0; j < FLANES; j++) a[j] += (double)f[j];
-    }
+    for (int j = 0; j < FLANES; j++) a[j] += (double)f[j];
 }
 
 /* The end of the block that starts at i: FLOAT_BLOCK_STEPS whole steps, or those left. */
@@ -351,11 +347,10 @@ static void FN(run_shifted_floats)(const TS *restrict p, int64_t n, double pivot
                                    double *s)
 {
     const T pf = (T)pivot;
-    double a[FLANES], q[FLANES];
+    double a[FLANES] = {0.0}, q[FLANES] = {0.0};
     T pb[LANES_BUF];
     int64_t i = 0;
-    int first = 1;
-    for (; i + LANES <= n; first = 0) {
+    while (i + LANES <= n) {
         T fa[FLANES] = {0}, fq[FLANES] = {0};
         for (const int64_t end = FN(block_end)(i, n); i + LANES <= end; i += LANES) {
             if (ahead) FN(prefetch_step)(p + i + ahead);
@@ -367,17 +362,26 @@ static void FN(run_shifted_floats)(const TS *restrict p, int64_t n, double pivot
                 fq[j] += MULADDF(d1, d1, d0 * d0);
             }
         }
-        FN(carry_flanes)(fa, a, first);
-        FN(carry_flanes)(fq, q, first);
+        FN(carry_flanes)(fa, a);
+        FN(carry_flanes)(fq, q);
     }
-    double ta = 0.0, tq = 0.0;           /* the last n % LANES values, in double */
+    if (i + FLANES <= n) {               /* half a step, in double */
+#pragma omp simd
+        for (int j = 0; j < FLANES; j++) {
+            const double d = (double)WIDEN(p[i + j]) - pivot;
+            a[j] += d;
+            q[j] = MULADD(d, d, q[j]);
+        }
+        i += FLANES;
+    }
+    double ta = 0.0, tq = 0.0;           /* the last values, in double */
     for (; i < n; i++) {
         const double d = (double)WIDEN(p[i]) - pivot;
         ta += d;
         tq = MULADD(d, d, tq);
     }
-    s[0] += (first ? 0.0 : FN(sum_flanes)(a)) + ta;
-    s[1] += (first ? 0.0 : FN(sum_flanes)(q)) + tq;
+    s[0] += FN(sum_flanes)(a) + ta;
+    s[1] += FN(sum_flanes)(q) + tq;
 }
 #endif
 
@@ -447,11 +451,10 @@ APPLY_INLINE void FN(run_dy_floats)(const TS *restrict dy, const TS *restrict y,
                                      int64_t ahead, double *s)
 {
     const T cf = (T)center;
-    double a[FLANES], q[FLANES], d[D_LANES];
+    double a[FLANES] = {0.0}, q[FLANES] = {0.0}, d[D_LANES] = {0.0};
     T dyb[LANES_BUF], yb[LANES_BUF], xb[LANES_BUF];
     int64_t i = 0;
-    int first = 1;
-    for (; i + LANES <= n; first = 0) {
+    while (i + LANES <= n) {
         T fa[FLANES] = {0}, fq[FLANES] = {0}, fd[FLANES] = {0};
         for (const int64_t end = FN(block_end)(i, n); i + LANES <= end; i += LANES) {
             if (ahead) FN(prefetch_dy_step)(dy, y, x, i + ahead);
@@ -469,25 +472,31 @@ APPLY_INLINE void FN(run_dy_floats)(const TS *restrict dy, const TS *restrict y,
                 fd[j] += e0 + e1;
             }
         }
-        FN(carry_flanes)(fa, a, first);
-        FN(carry_flanes)(fq, q, first);
-        for (int j = 0; j < D_LANES; j++) {
-            const double v = (double)fd[j] + (double)fd[j + D_LANES];
-            d[j] = first ? v : d[j] + v;
-        }
+        FN(carry_flanes)(fa, a);
+        FN(carry_flanes)(fq, q);
+        for (int j = 0; j < D_LANES; j++) d[j] += (double)fd[j] + (double)fd[j + D_LANES];
     }
-    double ta = 0.0, tq = 0.0, td = 0.0;     /* the last n % LANES values, in double */
+    if (i + FLANES <= n) {                   /* half a step, in double */
+#pragma omp simd
+        for (int j = 0; j < D_LANES; j++) {
+            const int k = j + D_LANES;
+            const double g0 = (double)GRAD(dy, y, i + j), g1 = (double)GRAD(dy, y, i + k);
+            const double e0 = (double)WIDEN(x[i + j]) - center,
+                         e1 = (double)WIDEN(x[i + k]) - center;
+            a[j] += g0;
+            a[k] += g1;
+            q[j] = MULADD(g0, e0, q[j]);
+            q[k] = MULADD(g1, e1, q[k]);
+            d[j] += e0 + e1;
+        }
+        i += FLANES;
+    }
+    double ta = 0.0, tq = 0.0, td = 0.0;     /* the last values, in double */
     for (; i < n; i++) {
         const double g = (double)GRAD(dy, y, i), e = (double)WIDEN(x[i]) - center;
         ta += g;
         tq = MULADD(g, e, tq);
         td += e;
-    }
-    if (first) {
-        s[0] += ta;
-        s[1] += tq;
-        s[2] += td;
-        return;
     }
     s[0] += FN(sum_flanes)(a) + ta;
     s[1] += FN(sum_flanes)(q) + tq;

@@ -5,7 +5,7 @@
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layout,
-                   int n_threads)
+                   int n_threads, int64_t column_max_s)
 {
     /* Canonical view: one channel is one contiguous run; S == 1 is a row view. */
     int channels_last = (layout == CBN_CHANNELS_LAST);
@@ -27,7 +27,7 @@ void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layo
     p->n_row_blocks = p->n_col_tiles = 0;
     p->whole_tiles = 0;
 
-    p->columns = !channels_last && S <= CBN_COLUMN_MAX_S;
+    p->columns = !channels_last && S <= column_max_s;
     if (p->columns) {             /* one unit per channel: channels are never split */
         p->chunk = p->M;
         p->n_chunks = p->M > 0 ? 1 : 0;
