@@ -95,8 +95,9 @@ MUTANTS = [
            "a16[j] = a[j] + a[j + 15]",
            "the lane reduction adds one lane twice and drops another"),
     Mutant("dy-sums-tail-ignores-mean",
-           "tq = MULADD(g, e, tq);\n        td += e;\n    }\n    if (first)",
-           "tq = MULADD(g, (double)WIDEN(x[i]), tq);\n        td += e;\n    }\n    if (first)",
+           "tq = MULADD(g, e, tq);\n        td += e;\n    }\n    s[0] += FN(sum_flanes)(a) + ta;",
+           "tq = MULADD(g, (double)WIDEN(x[i]), tq);\n        td += e;\n    }\n"
+           "    s[0] += FN(sum_flanes)(a) + ta;",
            "backward sums of the last n % 32 values of a run forget to centre x"),
     Mutant("relu-grad-passes-zero",
            "return y > 0 ? dy : (T)0;",
