@@ -77,7 +77,11 @@ if [ ! -e "$LIBASAN" ]; then
 fi
 
 export LD_PRELOAD="$LIBASAN${LD_PRELOAD:+:$LD_PRELOAD}"
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=1:\
+# detect_stack_use_after_return=0: ASan's fake stack frames are aligned to 32 bytes, while
+# GCC's AVX-512 code (the v4 level) keeps stack arrays it vectorizes at 64 and stores to them
+# with aligned 64-byte moves, which then fault in the sanitized build only (seen with the float
+# blocks' lane arrays; the same tests pass at v3 with it on, and at v4 with it off).
+export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0:\
 strict_init_order=1:check_initialization_order=1:exitcode=99"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98"
 export PYTHONMALLOC=malloc
