@@ -79,6 +79,16 @@ static inline void FN(prefetch_tile_step)(const TS *p, int64_t C, FN(tile) t, in
     }
 }
 
+/* prefetch_tile_step for the backward sums' arrays: x, dy and (with an activation) y */
+static inline void FN(prefetch_dy_tile_step)(const TS *x, const TS *dy, const TS *y, int64_t C,
+                                             FN(tile) t, int far, int64_t ahead, int64_t r,
+                                             int64_t rows, int64_t j0)
+{
+    FN(prefetch_tile_step)(x, C, t, far, ahead, r, rows, j0);
+    FN(prefetch_tile_step)(dy, C, t, far, ahead, r, rows, j0);
+    if (y) FN(prefetch_tile_step)(y, C, t, far, ahead, r, rows, j0);
+}
+
 #ifdef FLOAT_SUM_BLOCK
 #if FLOAT_SUM_BLOCK != 8
 #error "the channels-last float blocks are written for 8 rows"
@@ -205,11 +215,7 @@ APPLY_INLINE int64_t FN(cl_dy_blocks)(const TS *x, const TS *dy, const TS *y, in
         const int64_t o0 = r * C + t.c0;
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t n = j0 + step < t.w ? step : t.w - j0;
-            if (t.prefetch) {
-                FN(prefetch_tile_step)(x, C, t, far, ahead, r, 8, j0);
-                FN(prefetch_tile_step)(dy, C, t, far, ahead, r, 8, j0);
-                if (y) FN(prefetch_tile_step)(y, C, t, far, ahead, r, 8, j0);
-            }
+            if (t.prefetch) FN(prefetch_dy_tile_step)(x, dy, y, C, t, far, ahead, r, 8, j0);
             int64_t xs, gs, ys = 0;
             const TV *restrict xv = FN(rows8_view)(xb, x + o0 + j0, C, n, &xs);
             const TV *restrict g = FN(rows8_view)(gb, dy + o0 + j0, C, n, &gs);
@@ -259,11 +265,7 @@ APPLY_INLINE void FN(cl_dy_sums_body)(const TS *x, const TS *dy, const TS *y, in
         const int64_t o0 = r * C + t.c0;
         for (int64_t j0 = 0; j0 < t.w; j0 += step) {
             const int64_t n = j0 + step < t.w ? step : t.w - j0;
-            if (t.prefetch) {
-                FN(prefetch_tile_step)(x, C, t, far, ahead, r, 4, j0);
-                FN(prefetch_tile_step)(dy, C, t, far, ahead, r, 4, j0);
-                if (y) FN(prefetch_tile_step)(y, C, t, far, ahead, r, 4, j0);
-            }
+            if (t.prefetch) FN(prefetch_dy_tile_step)(x, dy, y, C, t, far, ahead, r, 4, j0);
             /* the 4 rows' columns [j0, j0 + n) */
             const int64_t o = o0 + j0;
             const TV *restrict xw0 = WIDE_VIEW(xb[0], x + o, n),
