@@ -1,5 +1,6 @@
 """Build of the cbn extensions: the C kernels in src/cbn/csrc plus the Cython bridge (cbn._core),
-and the benchmark's copy yardstick (cbn.bench._copy), built with the same flags.
+the benchmark's copy yardstick (cbn.bench._copy), built with the same flags, and the reuse of
+large outputs' memory (cbn._output_cache).
 
 By default the kernel files (csrc/cbn_<type>.c) are compiled once per x86-64 level (v2, v3, v4,
 tools/cpu_levels.py) and the level that runs is chosen at import (csrc/dispatch.c): one binary,
@@ -132,10 +133,19 @@ copy_yardstick = Extension(
     depends=["src/cbn/bench/copy_yardstick.h", "tools/openmp_probe.py"],
 )
 
+# Reuse of the memory of large new outputs (cbn._alloc); NumPy's C API only, no kernels.
+output_cache = Extension(
+    "cbn._output_cache",
+    sources=["src/cbn/_output_cache.pyx"],
+    include_dirs=[numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=["-O2"],
+)
+
 setup(
     cmdclass={"build_ext": BuildLevels},
     ext_modules=cythonize(
-        [extension, copy_yardstick],
+        [extension, copy_yardstick, output_cache],
         include_path=["src"],          # cbn/cbn.pxd, the one declaration of the C API
         compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
                              "cdivision": True},

@@ -93,6 +93,12 @@ def test_many_channels_do_not_fault_pages_in_on_every_call(rng):
                                               out=out),
         "backward": lambda: cbn.batch_norm_backward(x, x, mean, invstd, weight, out=out),
         "infer": lambda: cbn.batch_norm_infer(x, rm, rv, weight, bias, out=out),
+        # default calls: y or dx (8 MB) and the per-channel results (4 MB each) are new arrays,
+        # on the memory of the previous call's, which are gone (cbn.set_output_cache)
+        "train, allocating": lambda: cbn.batch_norm_train(x, weight, bias, running_mean=rm,
+                                                          running_var=rv),
+        "backward, allocating": lambda: cbn.batch_norm_backward(x, x, mean, invstd, weight),
+        "infer, allocating": lambda: cbn.batch_norm_infer(x, rm, rv, weight, bias),
     }
     for name, call in calls.items():
         call()                                           # the first call may allocate
@@ -100,9 +106,10 @@ def test_many_channels_do_not_fault_pages_in_on_every_call(rng):
         for _ in range(5):
             call()
         per_call = (minor_faults() - before) / 5
-        # ~80 bytes of scratch per channel would be ~20,000 fresh pages per call; the returned
-        # save_mean and save_invstd (4 MB each) may still come from fresh mappings now and then
-        assert per_call < 1000, f"{name}: {per_call:.0f} page faults per call"
+        # ~80 bytes of scratch per channel would be ~20,000 fresh pages per call, and fresh
+        # 4 MB outputs about 1,000 (seen before the output cache, where glibc had trimmed its
+        # heap; whether it does depends on the process's history); issue 11's bound is 100
+        assert per_call < 100, f"{name}: {per_call:.0f} page faults per call"
 
 
 def test_release_memory_frees_the_kept_scratch_and_calls_still_work(rng):

@@ -97,6 +97,7 @@ cbn.set_num_threads(None)
 n: int = cbn.get_num_threads()
 on: bool = cbn.openmp_enabled()
 cbn.release_memory()
+previous_limit: int = cbn.set_output_cache(cbn.set_output_cache(0))
 include: str = cbn.get_include()
 version: str = cbn.__version__
 

@@ -2,13 +2,13 @@
 
 Functions: `batch_norm_train`, `batch_norm_backward`, `batch_norm_infer`,
 `batch_norm_infer_backward` (gradients through frozen statistics), `fold_scale_shift`;
-threads: `set_num_threads`, `get_num_threads`, `openmp_enabled`; memory: `release_memory`; the
-CPU level the kernels run at: `cpu_level` (CBN_CPU_LEVEL forces one at import); the
-layer: `BatchNorm` (any rank) and `BatchNorm1d`/`BatchNorm2d`/`BatchNorm3d` (PyTorch's rank
+threads: `set_num_threads`, `get_num_threads`, `openmp_enabled`; memory: `release_memory`,
+`set_output_cache`; the CPU level the kernels run at: `cpu_level` (CBN_CPU_LEVEL forces one
+at import); the layer: `BatchNorm` (any rank) and `BatchNorm1d`/`BatchNorm2d`/`BatchNorm3d` (PyTorch's rank
 checks). The float64 NumPy reference implementation of the same formulas is `cbn.reference`.
 """
 from ._cpu import cpu_level  # first: chooses the kernels' CPU level (CBN_CPU_LEVEL)
-from ._alloc import release_memory
+from ._alloc import release_memory, set_output_cache
 from ._api import (batch_norm_backward, batch_norm_infer, batch_norm_infer_backward,
                    batch_norm_train, fold_scale_shift)
 from ._threads import get_num_threads, openmp_enabled, set_num_threads
@@ -34,7 +34,8 @@ __all__ = [
     "fold_scale_shift", "BatchNorm",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "fold_linear", "fold_conv",
-    "set_num_threads", "get_num_threads", "openmp_enabled", "release_memory", "get_include",
+    "set_num_threads", "get_num_threads", "openmp_enabled", "release_memory", "set_output_cache",
+    "get_include",
     "cpu_level",
     "__version__",
 ]

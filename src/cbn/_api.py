@@ -8,6 +8,7 @@ from numpy.typing import ArrayLike
 
 from . import _core
 from . import _validate as v
+from ._alloc import empty_output
 from ._layout import canonical_view
 from ._types import Activation, FloatArray, Layout, Threads
 
@@ -60,8 +61,8 @@ def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None,
     if out is not None or running_mean is not None:
         v.refuse_overlaps(_TRAIN_BUFFERS, (out, running_mean, running_var, weight, bias, x,
                                            residual), 3, 5)
-    save_mean = np.empty(C, dtype)
-    save_invstd = np.empty(C, dtype)
+    save_mean = empty_output((C,), dtype)
+    save_invstd = empty_output((C,), dtype)
     if N * S == 0:
         # An empty batch (PyTorch): y is empty and the running statistics stay as they are. The
         # C kernel refuses M == 0 (its contract); here it has nothing to compute.
@@ -191,8 +192,8 @@ def batch_norm_backward(dy: ArrayLike, x: ArrayLike, save_mean: ArrayLike,
     dx, d_residual, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads, residual)
     if out is not None:
         v.refuse_overlaps(_BACKWARD_BUFFERS, (dx, save_mean, save_invstd, weight), 1, 4)
-    dweight = np.empty(C, dtype)
-    dbias = np.empty(C, dtype)
+    dweight = empty_output((C,), dtype)
+    dbias = empty_output((C,), dtype)
     v.check_status(_core.backward(dy, x, save_mean, save_invstd, weight, y, dx, dweight, dbias,
                                   N, C, S, cl, n_threads, d_residual))
     return _gradients(dx, dweight, dbias, d_residual)
@@ -342,8 +343,8 @@ def batch_norm_infer_backward(dy: ArrayLike, x: ArrayLike, running_mean: ArrayLi
     dx, d_residual, x, dy, y, n_threads = v.gradient_arrays(dy, x, y, out, n_threads, residual)
     if out is not None:
         v.refuse_overlaps(_INFER_BACKWARD_BUFFERS, (dx, running_mean, running_var, weight), 1, 4)
-    dweight = np.empty(C, dtype)
-    dbias = np.empty(C, dtype)
+    dweight = empty_output((C,), dtype)
+    dbias = empty_output((C,), dtype)
     v.check_status(_core.infer_backward(dy, x, running_mean, running_var, weight, eps, y, dx,
                                         d_residual, dweight, dbias, N, C, S, cl, n_threads))
     return _gradients(dx, dweight, dbias, d_residual)
@@ -434,8 +435,8 @@ def fold_scale_shift(running_mean: ArrayLike, running_var: ArrayLike,
     weight = v.channel_param(weight, "weight", C, dtype)
     bias = v.channel_param(bias, "bias", C, dtype)
     eps = v.eps_value(eps)
-    scale = np.empty(C, dtype)
-    shift = np.empty(C, dtype)
+    scale = empty_output((C,), dtype)
+    shift = empty_output((C,), dtype)
     v.check_status(_core.fold_scale_shift(C, running_mean, running_var, weight, bias, eps,
                                           scale, shift))
     return scale, shift
