@@ -1,6 +1,7 @@
 /* cbn_f16.c - float16 storage (IEEE binary16, NumPy's float16) of the kernels in kernels_impl.h:
  * tensors of 16 bits, computed in float32 (T) with float32 parameters and statistics. */
 #include "half_convert.h"
+#include "f16_vectors.h"     /* the elementwise pass in registers where F16C is */
 #define T float
 #define STATS_MAX_CANCEL 4.0      /* float blocks: see channel_pivot */
 #define FLOAT_SUM_BLOCK 8      /* sums in float blocks of 8 values per lane, carried in double */

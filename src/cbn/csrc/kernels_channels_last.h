@@ -369,14 +369,14 @@ APPLY_INLINE void FN(cl_apply_row_view)(FN(op) op, int relu, T *const *coef, int
     if (op == OP_INFER) {
 #pragma omp simd
         for (int64_t j = 0; j < w; j++) {
-            T v = WIDEN_V(xr[j]) * scale[j] + shift[j];
+            T v = INFER_VALUE(WIDEN_V(xr[j]), scale[j], shift[j]);
             if (rr) v = v + WIDEN_V(rr[j]);
             orow[j] = NARROW_V(v < lo ? lo : v);
         }
     } else if (op == OP_TRAIN) {
 #pragma omp simd
         for (int64_t j = 0; j < w; j++) {
-            T v = (WIDEN_V(xr[j]) - center[j]) * scale[j] + shift[j];
+            T v = TRAIN_VALUE(WIDEN_V(xr[j]), center[j], scale[j], shift[j]);
             if (rr) v = v + WIDEN_V(rr[j]);
             orow[j] = NARROW_V(v < lo ? lo : v);
         }
@@ -386,14 +386,15 @@ APPLY_INLINE void FN(cl_apply_row_view)(FN(op) op, int relu, T *const *coef, int
 #pragma omp simd
         for (int64_t j = 0; j < w; j++) {
             const T e = GRAD_V(g, yr, j);
-            orow[j] = NARROW_V(scale[j] * e);
+            orow[j] = NARROW_V(FROZEN_DX_VALUE(e, scale[j]));
             if (dr) dr[j] = NARROW_V(e);
         }
     } else {
 #pragma omp simd
         for (int64_t j = 0; j < w; j++) {
             const T e = GRAD_V(g, yr, j);
-            orow[j] = NARROW_V(scale[j] * e + xmu[j] * (WIDEN_V(xr[j]) - center[j]) + shift[j]);
+            orow[j] = NARROW_V(BACKWARD_VALUE(e, WIDEN_V(xr[j]), center[j], scale[j], shift[j],
+                                              xmu[j]));
             if (dr) dr[j] = NARROW_V(e);
         }
     }
@@ -424,7 +425,12 @@ APPLY_INLINE void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, co
         const TS *g = dy ? dy + at : NULL, *yr = y ? y + at : NULL, *rr = res ? res + at : NULL;
         TS *dr = dres ? dres + at : NULL;
 #ifdef WIDEN_BLOCK
-        for (int64_t j0 = 0; j0 < w; j0 += WIDE_BUF) {
+        int64_t j0 = 0;
+#ifdef CBN_F16_VECTORS
+        j0 = FN(apply_f16_vectors)(op, relu, (const T *const *)coef, 1, x + at, g, yr, rr,
+                                   o + at, dr, w);
+#endif
+        for (; j0 < w; j0 += WIDE_BUF) {
             const int64_t m = w - j0 < WIDE_BUF ? w - j0 : WIDE_BUF;
             const T *xw, *gw, *yw, *rw;
             FN(widen_apply_inputs)(op, &b, x + at + j0, g ? g + j0 : NULL, yr ? yr + j0 : NULL,

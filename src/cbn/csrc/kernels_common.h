@@ -555,6 +555,15 @@ static void FN(run_dy_sums)(const TS *dy, const TS *y, const TS *x, int64_t n, d
     else FN(run_dy_sums_body)(dy, NULL, x, n, center, ahead, exact, s);
 }
 
+/* The elementwise pass's arithmetic, written once for each of its loops (a run with one
+ * channel's coefficients, a channels-last row with one per column, float16's vectors): xv the
+ * widened input, g the gradient reaching batch norm. */
+#define TRAIN_VALUE(xv, center, scale, shift) (((xv) - (center)) * (scale) + (shift))
+#define INFER_VALUE(xv, scale, shift) ((xv) * (scale) + (shift))
+#define BACKWARD_VALUE(g, xv, center, scale, shift, xmu)                                       \
+    ((scale) * (g) + (xmu) * ((xv) - (center)) + (shift))
+#define FROZEN_DX_VALUE(g, scale) ((scale) * (g))
+
 /* The arithmetic of one run of the elementwise pass, on views (the arrays themselves, or a
  * widened block); see run_apply_body. */
 APPLY_INLINE void FN(apply_view)(FN(op) op, int relu, const TV *x, const TV *dy, const TV *y,
@@ -568,7 +577,7 @@ APPLY_INLINE void FN(apply_view)(FN(op) op, int relu, const TV *x, const TV *dy,
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             const T g = GRAD_V(dy, y, i);
-            out[i] = NARROW_V(scale * g);
+            out[i] = NARROW_V(FROZEN_DX_VALUE(g, scale));
             if (dres) dres[i] = NARROW_V(g);
         }
         return;
@@ -577,7 +586,7 @@ APPLY_INLINE void FN(apply_view)(FN(op) op, int relu, const TV *x, const TV *dy,
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             const T g = GRAD_V(dy, y, i);
-            out[i] = NARROW_V(scale * g + xmu * (WIDEN_V(x[i]) - center) + shift);
+            out[i] = NARROW_V(BACKWARD_VALUE(g, WIDEN_V(x[i]), center, scale, shift, xmu));
             if (dres) dres[i] = NARROW_V(g);
         }
         return;
@@ -586,19 +595,71 @@ APPLY_INLINE void FN(apply_view)(FN(op) op, int relu, const TV *x, const TV *dy,
     if (op == OP_INFER) {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            T v = WIDEN_V(x[i]) * scale + shift;
+            T v = INFER_VALUE(WIDEN_V(x[i]), scale, shift);
             if (res) v = v + WIDEN_V(res[i]);
             out[i] = NARROW_V(v < lo ? lo : v);
         }
     } else {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            T v = (WIDEN_V(x[i]) - center) * scale + shift;
+            T v = TRAIN_VALUE(WIDEN_V(x[i]), center, scale, shift);
             if (res) v = v + WIDEN_V(res[i]);
             out[i] = NARROW_V(v < lo ? lo : v);
         }
     }
 }
+
+#if defined(WIDEN_BLOCK) && defined(CBN_F16_VECTORS)
+/* float16 with F16C, one vector of the elementwise pass: the k values from i (a whole vector,
+ * or with AVX-512 masks fewer), converted in registers (f16_vectors.h). Coefficients:
+ * coef[k][i] per value (cstep 1: a channels-last row) or coef[k][0] for all (cstep 0: a run of
+ * one channel). The vector's inputs are loaded before its outputs are stored, so the aliasing
+ * allowed in run_apply_body is too. */
+APPLY_INLINE void FN(f16_vector_step)(FN(op) op, cbn_f16_vec lo, const T *const *coef,
+                                      int cstep, const TS *x, const TS *dy, const TS *y,
+                                      const TS *res, TS *out, TS *dres, int64_t i, int64_t k)
+{
+    typedef cbn_f16_vec V;
+#define LOAD(p) cbn_f16_vec_load_n((p) + i, k)
+#define COEF(c) (cstep ? cbn_f16_vec_floats_n(coef[c] + i, k) : cbn_f16_vec_set1(coef[c][0]))
+    if (op == OP_FROZEN_DX || op == OP_BACKWARD) {
+        const V g = y ? cbn_f16_vec_relu_grad(LOAD(dy), LOAD(y)) : LOAD(dy);
+        const V dx = op == OP_FROZEN_DX
+                         ? FROZEN_DX_VALUE(g, COEF(K_SCALE))
+                         : BACKWARD_VALUE(g, LOAD(x), COEF(K_CENTER), COEF(K_SCALE),
+                                          COEF(K_SHIFT), COEF(K_XMU));
+        cbn_f16_vec_store_n(out + i, dx, k);
+        if (dres) cbn_f16_vec_store_n(dres + i, g, k);
+        return;
+    }
+    V v = op == OP_INFER ? INFER_VALUE(LOAD(x), COEF(K_SCALE), COEF(K_SHIFT))
+                         : TRAIN_VALUE(LOAD(x), COEF(K_CENTER), COEF(K_SCALE), COEF(K_SHIFT));
+    if (res) v = v + LOAD(res);
+    cbn_f16_vec_store_n(out + i, cbn_f16_vec_clamp(v, lo), k);
+#undef LOAD
+#undef COEF
+}
+
+/* The elementwise pass in float16 vectors (f16_vector_step) over values [0, n), or without
+ * masks over the whole vectors only; returns how many values it did, leaving the rest to the
+ * blocks. */
+APPLY_INLINE int64_t FN(apply_f16_vectors)(FN(op) op, int relu, const T *const *coef,
+                                            int cstep, const TS *x, const TS *dy, const TS *y,
+                                            const TS *res, TS *out, TS *dres, int64_t n)
+{
+    const cbn_f16_vec lo = cbn_f16_vec_set1(relu ? 0.0f : -INFINITY);
+    int64_t i = 0;
+    for (; i + CBN_F16_VEC <= n; i += CBN_F16_VEC)
+        FN(f16_vector_step)(op, lo, coef, cstep, x, dy, y, res, out, dres, i, CBN_F16_VEC);
+#ifdef CBN_F16_VEC_MASKED
+    if (i < n) {
+        FN(f16_vector_step)(op, lo, coef, cstep, x, dy, y, res, out, dres, i, n - i);
+        i = n;
+    }
+#endif
+    return i;
+}
+#endif
 
 #ifdef WIDEN_BLOCK
 /* Buffers for one block of the elementwise pass in float16 storage: the op's inputs widened,
@@ -640,7 +701,13 @@ APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS 
 {
 #ifdef WIDEN_BLOCK
     FN(wide_block) b;
-    for (int64_t i = 0; i < n; i += WIDE_BUF) {
+    int64_t i = 0;
+#ifdef CBN_F16_VECTORS
+    const T *coef[N_COEF];
+    for (int k = 0; k < N_COEF; k++) coef[k] = coefs + k;
+    i = FN(apply_f16_vectors)(op, relu, coef, 0, x, dy, y, res, out, dres, n);
+#endif
+    for (; i < n; i += WIDE_BUF) {
         const int64_t m = n - i < WIDE_BUF ? n - i : WIDE_BUF;
         const T *xw, *dyw, *yw, *resw;
         FN(widen_apply_inputs)(op, &b, x + i, dy ? dy + i : NULL, y ? y + i : NULL,

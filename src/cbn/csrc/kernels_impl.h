@@ -73,6 +73,10 @@
 #undef CL_PREFETCH_BYTES
 #undef GRAD
 #undef GRAD_V
+#undef TRAIN_VALUE
+#undef INFER_VALUE
+#undef BACKWARD_VALUE
+#undef FROZEN_DX_VALUE
 #undef TV
 #undef WIDEN_V
 #undef NARROW_V
