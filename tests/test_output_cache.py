@@ -2,6 +2,9 @@
 same size (cbn._output_cache, cbn.set_output_cache): reused only when no array uses it, never
 for a different size, within the limit, freed by release_memory(), and every value of a reused
 output is written anew."""
+import gc
+import os
+
 import numpy as np
 import pytest
 
@@ -16,10 +19,13 @@ WIDE = (2, 100_000)
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    """Each test starts with nothing held and the default limit, and leaves it so."""
+    """Each test starts with nothing held and the default limit, and leaves it so (outputs
+    of earlier tests kept in reference cycles are collected first, not in the middle)."""
+    gc.collect()
     cbn.release_memory()
     previous = cbn.set_output_cache(_output_cache.DEFAULT_LIMIT)
     yield
+    gc.collect()
     cbn.set_output_cache(previous)
     cbn.release_memory()
 
@@ -81,7 +87,9 @@ def test_per_channel_outputs_and_gradients_reuse_memory_too(rng):
     expected = cbn.batch_norm_backward(dy, x, mean, invstd)
     blocks = sorted(block_of(a) for a in expected)
     del expected
+    assert held() == (3, sum(n for _, n in blocks))
     got = cbn.batch_norm_backward(dy, x, mean, invstd)
+    assert held() == (0, 0)
     assert sorted(block_of(a) for a in got) == blocks
     dx, dweight, dbias = got
     ref_dx = np.empty_like(dx)
@@ -121,8 +129,7 @@ def test_the_oldest_blocks_go_first_and_the_limits_hold(rng):
     # a limit of three of the largest: the oldest go until the rest fit
     limit = 3 * nbytes[-1]
     cbn.set_output_cache(limit)
-    blocks, kept = held()
-    assert kept <= limit and kept == sum(nbytes[9 - blocks:])
+    assert held() == (3, sum(nbytes[6:]))
     # a block larger than the whole limit is freed, not kept
     cbn.set_output_cache(nbytes[0] - 1)
     big = infer(np.ones(sizes[-1], np.float32))
@@ -146,10 +153,67 @@ def test_release_memory_frees_what_is_kept(rng):
     assert held() == (0, 0)
 
 
-@pytest.mark.parametrize("bad, error", [(-1, ValueError), ("1", TypeError), (True, TypeError),
-                                        (1.5, TypeError), (None, TypeError)])
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (2 ** 64, ValueError), ("1", TypeError),
+                                        (True, TypeError), (1.5, TypeError), (None, TypeError)])
 def test_set_output_cache_refuses_what_is_not_a_byte_count(bad, error):
     before = _output_cache.state()
     with pytest.raises(error, match="max_bytes"):
         cbn.set_output_cache(bad)
     assert _output_cache.state() == before
+
+
+@pytest.mark.parametrize("keep", [lambda y: y[3:5],
+                                  lambda y: np.frombuffer(memoryview(y.reshape(-1)), np.uint8),
+                                  memoryview])
+def test_a_block_stays_in_use_while_any_view_of_it_lives(rng, keep):
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    y = infer(x)
+    block = block_of(y)
+    keeper = keep(y)
+    del y
+    assert held() == (0, 0)
+    z = infer(x)                                  # a new block: the first is still in use
+    assert block_of(z) != block
+    del z                                         # z's block is now held
+    cbn.release_memory()
+    del keeper
+    assert held() == (1, block[1])               # the view gone: the first block held
+
+
+def test_a_block_of_exactly_the_limit_is_kept_and_one_byte_more_is_not():
+    n = 1 << 20
+    cbn.set_output_cache(n)
+    a = _output_cache.empty_bytes(n)
+    del a
+    assert held() == (1, n)
+    cbn.release_memory()
+    cbn.set_output_cache(n - 1)
+    a = _output_cache.empty_bytes(n)
+    del a
+    assert held() == (0, 0)
+
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+def test_memory_stays_flat_over_many_allocating_calls(rng):
+    # 2 MiB outputs of three ops; a leak of one output per call would add 2 GB
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    dy = rng.standard_normal(SHAPE).astype(np.float32)
+    y, mean, invstd = cbn.batch_norm_train(x)
+    for _ in range(20):
+        infer(x), cbn.batch_norm_train(x), cbn.batch_norm_backward(dy, x, mean, invstd)
+    before = _rss()
+    for _ in range(1000):
+        infer(x), cbn.batch_norm_train(x), cbn.batch_norm_backward(dy, x, mean, invstd)
+    assert _rss() - before < 8 * 2 ** 20
+    assert held()[0] <= 8 and held()[1] <= _output_cache.DEFAULT_LIMIT
+
+
+def test_zero_bytes_is_refused():
+    with pytest.raises(ValueError):
+        _output_cache.empty_bytes(0)
+    assert held() == (0, 0)

@@ -87,14 +87,15 @@ def set_output_cache(max_bytes: int) -> int:
 
     A call without `out=` returns new arrays. Those of at least 256 KiB are placed on memory
     that, once every array over it is gone, cbn keeps (up to 8 blocks and `max_bytes` in all,
-    oldest dropped first; default 512 MiB) and hands to the next output of exactly that size, so
-    that a loop of allocating calls does not fault in and zero fresh pages on every call (on a
-    51 MB tensor that doubled the call's time). 0 keeps none; `release_memory()` frees what is
-    kept.
+    oldest dropped first; default 256 MiB) and hands to the next output of exactly that size.
+    In a loop such as `for ...: y = f(x)` each output replaces the previous one, whose memory
+    the next call then reuses instead of faulting in and zeroing fresh pages (on a 51 MB tensor
+    those doubled the call's time). What is kept stays in the process's memory until reused,
+    dropped for a newer block, or freed: 0 keeps none; `release_memory()` frees what is kept.
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
         raise TypeError(f"set_output_cache: max_bytes must be an int, got "
                         f"{type(max_bytes).__name__}")
-    if max_bytes < 0:
-        raise ValueError(f"set_output_cache: max_bytes must be >= 0, got {max_bytes}")
+    if not 0 <= max_bytes < 2 ** 63:
+        raise ValueError(f"set_output_cache: max_bytes must be in [0, 2**63), got {max_bytes}")
     return int(_output_cache.set_limit(int(max_bytes)))

@@ -4,8 +4,10 @@
 Why: a default call (`y = cbn.batch_norm_infer(x, ...)`, no out=) returns a new array. glibc
 serves a large one with fresh pages (mmap above its threshold, or after trimming its heap),
 which the kernel must fault in and zero at the first write: on a 51 MB tensor that doubled the
-call (AMD EPYC Zen 4, 2 threads). Code that calls batch norm in a loop frees an output of the
-same size before it asks for the next, so the block it frees is kept and handed back.
+call (AMD EPYC Zen 4, 2 threads). In a loop such as `for ...: y = f(x)`, each call's output
+replaces the one before, which is then gone: two blocks alternate, one of them held here
+between calls. (Outputs that stay alive, such as a network's activations kept for backward,
+are not reused until they go.)
 
 Policy: at most SLOTS blocks and `limit` bytes (cbn.set_output_cache), oldest dropped first; a
 block is reused only for a request of exactly its size (outputs of one shape repeat; a bigger
@@ -48,7 +50,7 @@ cdef extern from *:
 cdef enum:
     SLOTS = 8
 
-DEFAULT_LIMIT = 512 * 2 ** 20
+DEFAULT_LIMIT = 256 * 2 ** 20
 
 # the held blocks, oldest first
 cdef void *_ptr[SLOTS]
@@ -58,8 +60,11 @@ cdef size_t _held = 0
 cdef size_t _limit = DEFAULT_LIMIT
 
 
-cdef void _drop_oldest() noexcept:
+# These three are C only (nogil makes Cython refuse any Python operation in them): they run in
+# __dealloc__, where an exception could not be raised, and must not leave the slots half moved.
+cdef void _drop_oldest() noexcept nogil:
     global _count, _held
+    cdef int i
     free(_ptr[0])
     _held -= _size[0]
     _count -= 1
@@ -68,13 +73,13 @@ cdef void _drop_oldest() noexcept:
         _size[i] = _size[i + 1]
 
 
-cdef void _hold(void *p, size_t n) noexcept:
+cdef void _hold(void *p, size_t n) noexcept nogil:
     """Keep block p of n bytes (or free it, when it cannot fit the limit)."""
     global _count, _held
     if n > _limit:
         free(p)
         return
-    while _count == SLOTS or _held + n > _limit:
+    while _count > 0 and (_count == SLOTS or _held + n > _limit):
         _drop_oldest()
     _ptr[_count] = p
     _size[_count] = n
@@ -82,9 +87,10 @@ cdef void _hold(void *p, size_t n) noexcept:
     _held += n
 
 
-cdef void *_take(size_t n) noexcept:
+cdef void *_take(size_t n) noexcept nogil:
     """A held block of exactly n bytes (the newest), no longer held; or NULL."""
     global _count, _held
+    cdef int i, j
     cdef void *p
     for i in range(_count - 1, -1, -1):
         if _size[i] == n:
@@ -110,12 +116,17 @@ cdef class _Block:
 
 def empty_bytes(size_t n):
     """A new writeable uint8 array of n > 0 bytes, on a held block of that size if there is one."""
+    if n == 0:
+        raise ValueError("empty_bytes: n must be > 0")
     cdef _Block block = _Block.__new__(_Block)
     block.ptr = _take(n)
     if block.ptr == NULL:
         block.ptr = cbn_output_block_alloc(n)
-        if block.ptr == NULL:
-            raise MemoryError(f"cbn: cannot allocate an output of {n} bytes")
+    if block.ptr == NULL and _count:
+        clear()                     # what is held, of other sizes, before giving up
+        block.ptr = cbn_output_block_alloc(n)
+    if block.ptr == NULL:
+        raise MemoryError(f"cbn: cannot allocate an output of {n} bytes")
     block.size = n
     cdef cnp.npy_intp dims = <cnp.npy_intp>n
     arr = cnp.PyArray_SimpleNewFromData(1, &dims, cnp.NPY_UINT8, block.ptr)
