@@ -23,11 +23,14 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # statistics (means, sums, M2) are accumulated and exchanged in float64
 F64 = np.dtype(np.float64)
 F32 = np.dtype(np.float32)
+F16 = np.dtype(np.float16)
 
 
 def is_16bit(dtype: np.dtype[Any]) -> bool:
     """float16 or ml_dtypes.bfloat16 (told by name and size: cbn never imports ml_dtypes)."""
-    return dtype == np.float16 or (dtype.name == "bfloat16" and dtype.itemsize == 2)
+    # the size first: float32 and float64 are answered without building a dtype or a name
+    # (this runs several times per call: the comparison with np.float16 alone took ~1 us)
+    return dtype.itemsize == 2 and (dtype == F16 or dtype.name == "bfloat16")
 
 
 def param_dtype(x_dtype: np.dtype[Any]) -> np.dtype[Any]:
