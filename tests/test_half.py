@@ -157,6 +157,50 @@ def test_infer_and_frozen_backward_equal_float32_rounded(rng, case, name, activa
 
 
 @pytest.mark.parametrize("name", HALF)
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("layout, shape", [("NCHW", (3, 5, 37)), ("NHWC", (3, 37, 21))])
+def test_non_finite_values_and_signed_zeros_equal_float32_rounded(rng, layout, shape, name,
+                                                                  activation):
+    # The elementwise pass's selects (the ReLU clamp and its gradient's mask) on NaN, +-inf and
+    # -0 in x, dy and y, and a residual: float16 computes them in vectors (f16_vectors.h), with
+    # masks on the runs' and rows' last values (37, 21: not multiples of 8 or 16).
+    dt = half(name)
+    C = shape[1] if layout == "NCHW" else shape[-1]
+
+    def with_specials(a, k):
+        flat = a.reshape(-1)
+        flat[k::7], flat[k + 1::11], flat[k + 2::13], flat[k + 3::17] = (
+            np.nan, np.inf, -np.inf, -0.0)
+        return a.astype(dt)
+
+    x = with_specials(rng.standard_normal(shape).astype(np.float32), 0)
+    dy = with_specials(rng.standard_normal(shape).astype(np.float32), 2)
+    y = with_specials(rng.standard_normal(shape).astype(np.float32), 4)
+    res = with_specials(rng.standard_normal(shape).astype(np.float32), 5)
+    rm = rng.standard_normal(C).astype(np.float32)
+    rv = rng.random(C).astype(np.float32) + 0.5
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    for r in (None, res):
+        got = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout, activation=activation,
+                                   residual=r)
+        want = cbn.batch_norm_infer(widen(x), rm, rv, w, b, layout=layout,
+                                    activation=activation, residual=widen(r))
+        assert_rounded_from(got, want, dt, "infer")
+    yb = y if activation else None
+    g = cbn.batch_norm_infer_backward(dy, x, rm, rv, w, layout=layout, y=yb,
+                                      activation=activation, residual=True)
+    g32 = cbn.batch_norm_infer_backward(widen(dy), widen(x), rm, rv, w, layout=layout,
+                                        y=widen(yb), activation=activation, residual=True)
+    assert_rounded_from(g[0], g32[0], dt, "dx")
+    assert_rounded_from(g[3], g32[3], dt, "d_residual")
+    # a ReLU's gradient is exactly +0 where y is not > 0 (NaN and -0 included)
+    if activation:
+        shut = ~(widen(y) > 0)
+        assert (g[3].view(np.uint16)[shut] == 0).all()
+
+
+@pytest.mark.parametrize("name", HALF)
 @pytest.mark.parametrize("case", ALL_CASES[1::2], ids=case_id)
 def test_split_kernels_equal_float32(rng, case, name):
     dt = half(name)
