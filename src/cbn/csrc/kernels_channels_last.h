@@ -424,12 +424,13 @@ APPLY_INLINE void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, co
 #endif
         const TS *g = dy ? dy + at : NULL, *yr = y ? y + at : NULL, *rr = res ? res + at : NULL;
         TS *dr = dres ? dres + at : NULL;
-#ifdef WIDEN_BLOCK
         int64_t j0 = 0;
-#ifdef CBN_F16_VECTORS
-        j0 = FN(apply_f16_vectors)(op, relu, (const T *const *)coef, 1, x + at, g, yr, rr,
-                                   o + at, dr, w);
+#ifdef HALF_VECTORS
+        j0 = FN(apply_half_vectors)(op, relu, (const T *const *)coef, 1, x + at, g, yr, rr,
+                                    o + at, dr, w);
+        if (j0 == w) continue;
 #endif
+#ifdef WIDEN_BLOCK
         for (; j0 < w; j0 += WIDE_BUF) {
             const int64_t m = w - j0 < WIDE_BUF ? w - j0 : WIDE_BUF;
             const T *xw, *gw, *yw, *rw;
@@ -440,7 +441,9 @@ APPLY_INLINE void FN(cl_apply_rows_body)(FN(op) op, int relu, T *const *coef, co
             FN(narrow_apply_outputs)(&b, o + at + j0, dr ? dr + j0 : NULL, m);
         }
 #else
-        FN(cl_apply_row_view)(op, relu, coef, 0, x + at, g, yr, rr, o + at, dr, w);
+        FN(cl_apply_row_view)(op, relu, coef, j0, x + at + j0, g ? g + j0 : NULL,
+                              yr ? yr + j0 : NULL, rr ? rr + j0 : NULL, o + at + j0,
+                              dr ? dr + j0 : NULL, w - j0);
 #endif
     }
 }

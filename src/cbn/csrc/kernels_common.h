@@ -609,51 +609,52 @@ APPLY_INLINE void FN(apply_view)(FN(op) op, int relu, const TV *x, const TV *dy,
     }
 }
 
-#if defined(WIDEN_BLOCK) && defined(CBN_F16_VECTORS)
-/* float16 with F16C, one vector of the elementwise pass: the k values from i (a whole vector,
- * or with AVX-512 masks fewer), converted in registers (f16_vectors.h). Coefficients:
- * coef[k][i] per value (cstep 1: a channels-last row) or coef[k][0] for all (cstep 0: a run of
- * one channel). The vector's inputs are loaded before its outputs are stored, so the aliasing
- * allowed in run_apply_body is too. */
-APPLY_INLINE void FN(f16_vector_step)(FN(op) op, cbn_f16_vec lo, const T *const *coef,
-                                      int cstep, const TS *x, const TS *dy, const TS *y,
-                                      const TS *res, TS *out, TS *dres, int64_t i, int64_t k)
+#if defined(HALF_VEC_LOAD_N) && defined(CBN_HALF_VECTORS)
+#define HALF_VECTORS     /* 16-bit storage's elementwise pass in vectors (half_vectors.h) */
+/* One vector of the elementwise pass in 16-bit storage: the k values from i (a whole vector,
+ * or with AVX-512 masks fewer), converted in registers (HALF_VEC_LOAD_N, HALF_VEC_STORE_N:
+ * the storage type's, from its cbn_*.c). Coefficients: coef[k][i] per value (cstep 1: a
+ * channels-last row) or coef[k][0] for all (cstep 0: a run of one channel). The vector's inputs
+ * are loaded before its outputs are stored, so the aliasing allowed in run_apply_body is too. */
+APPLY_INLINE void FN(half_vector_step)(FN(op) op, cbn_half_vec lo, const T *const *coef,
+                                       int cstep, const TS *x, const TS *dy, const TS *y,
+                                       const TS *res, TS *out, TS *dres, int64_t i, int64_t k)
 {
-    typedef cbn_f16_vec V;
-#define LOAD(p) cbn_f16_vec_load_n((p) + i, k)
-#define COEF(c) (cstep ? cbn_f16_vec_floats_n(coef[c] + i, k) : cbn_f16_vec_set1(coef[c][0]))
+    typedef cbn_half_vec V;
+#define LOAD(p) HALF_VEC_LOAD_N((p) + i, k)
+#define COEF(c) (cstep ? cbn_half_vec_floats_n(coef[c] + i, k) : cbn_half_vec_set1(coef[c][0]))
     if (op == OP_FROZEN_DX || op == OP_BACKWARD) {
-        const V g = y ? cbn_f16_vec_relu_grad(LOAD(dy), LOAD(y)) : LOAD(dy);
+        const V g = y ? cbn_half_vec_relu_grad(LOAD(dy), LOAD(y)) : LOAD(dy);
         const V dx = op == OP_FROZEN_DX
                          ? FROZEN_DX_VALUE(g, COEF(K_SCALE))
                          : BACKWARD_VALUE(g, LOAD(x), COEF(K_CENTER), COEF(K_SCALE),
                                           COEF(K_SHIFT), COEF(K_XMU));
-        cbn_f16_vec_store_n(out + i, dx, k);
-        if (dres) cbn_f16_vec_store_n(dres + i, g, k);
+        HALF_VEC_STORE_N(out + i, dx, k);
+        if (dres) HALF_VEC_STORE_N(dres + i, g, k);
         return;
     }
     V v = op == OP_INFER ? INFER_VALUE(LOAD(x), COEF(K_SCALE), COEF(K_SHIFT))
                          : TRAIN_VALUE(LOAD(x), COEF(K_CENTER), COEF(K_SCALE), COEF(K_SHIFT));
     if (res) v = v + LOAD(res);
-    cbn_f16_vec_store_n(out + i, cbn_f16_vec_clamp(v, lo), k);
+    HALF_VEC_STORE_N(out + i, cbn_half_vec_clamp(v, lo), k);
 #undef LOAD
 #undef COEF
 }
 
-/* The elementwise pass in float16 vectors (f16_vector_step) over values [0, n), or without
+/* The elementwise pass in 16-bit vectors (half_vector_step) over values [0, n), or without
  * masks over the whole vectors only; returns how many values it did, leaving the rest to the
- * blocks. */
-APPLY_INLINE int64_t FN(apply_f16_vectors)(FN(op) op, int relu, const T *const *coef,
-                                            int cstep, const TS *x, const TS *dy, const TS *y,
-                                            const TS *res, TS *out, TS *dres, int64_t n)
+ * scalar loops (or float16's blocks). */
+APPLY_INLINE int64_t FN(apply_half_vectors)(FN(op) op, int relu, const T *const *coef,
+                                             int cstep, const TS *x, const TS *dy, const TS *y,
+                                             const TS *res, TS *out, TS *dres, int64_t n)
 {
-    const cbn_f16_vec lo = cbn_f16_vec_set1(relu ? 0.0f : -INFINITY);
+    const cbn_half_vec lo = cbn_half_vec_set1(relu ? 0.0f : -INFINITY);
     int64_t i = 0;
-    for (; i + CBN_F16_VEC <= n; i += CBN_F16_VEC)
-        FN(f16_vector_step)(op, lo, coef, cstep, x, dy, y, res, out, dres, i, CBN_F16_VEC);
-#ifdef CBN_F16_VEC_MASKED
+    for (; i + CBN_HALF_VEC <= n; i += CBN_HALF_VEC)
+        FN(half_vector_step)(op, lo, coef, cstep, x, dy, y, res, out, dres, i, CBN_HALF_VEC);
+#ifdef CBN_HALF_VEC_MASKED
     if (i < n) {
-        FN(f16_vector_step)(op, lo, coef, cstep, x, dy, y, res, out, dres, i, n - i);
+        FN(half_vector_step)(op, lo, coef, cstep, x, dy, y, res, out, dres, i, n - i);
         i = n;
     }
 #endif
@@ -699,14 +700,15 @@ APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS 
                                       const TS *y, const TS *res, TS *out, TS *dres, int64_t n,
                                       const T *coefs)
 {
-#ifdef WIDEN_BLOCK
-    FN(wide_block) b;
     int64_t i = 0;
-#ifdef CBN_F16_VECTORS
+#ifdef HALF_VECTORS
     const T *coef[N_COEF];
     for (int k = 0; k < N_COEF; k++) coef[k] = coefs + k;
-    i = FN(apply_f16_vectors)(op, relu, coef, 0, x, dy, y, res, out, dres, n);
+    i = FN(apply_half_vectors)(op, relu, coef, 0, x, dy, y, res, out, dres, n);
+    if (i == n) return;
 #endif
+#ifdef WIDEN_BLOCK
+    FN(wide_block) b;
     for (; i < n; i += WIDE_BUF) {
         const int64_t m = n - i < WIDE_BUF ? n - i : WIDE_BUF;
         const T *xw, *dyw, *yw, *resw;
@@ -716,7 +718,8 @@ APPLY_INLINE void FN(run_apply_body)(FN(op) op, int relu, const TS *x, const TS 
         FN(narrow_apply_outputs)(&b, out + i, dres ? dres + i : NULL, m);
     }
 #else
-    FN(apply_view)(op, relu, x, dy, y, res, out, dres, n, coefs);
+    FN(apply_view)(op, relu, x + i, dy ? dy + i : NULL, y ? y + i : NULL, res ? res + i : NULL,
+                   out + i, dres ? dres + i : NULL, n - i, coefs);
 #endif
 }
 

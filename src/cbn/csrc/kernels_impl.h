@@ -73,6 +73,7 @@
 #undef CL_PREFETCH_BYTES
 #undef GRAD
 #undef GRAD_V
+#undef HALF_VECTORS
 #undef TRAIN_VALUE
 #undef INFER_VALUE
 #undef BACKWARD_VALUE
