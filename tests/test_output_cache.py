@@ -130,6 +130,12 @@ def test_the_oldest_blocks_go_first_and_the_limits_hold(rng):
     limit = 3 * nbytes[-1]
     cbn.set_output_cache(limit)
     assert held() == (3, sum(nbytes[6:]))
+    # blocks freed under a limit of two and a half: the third pushes the oldest out
+    cbn.release_memory()
+    cbn.set_output_cache(2 * nbytes[-1] + nbytes[-1] // 2)
+    outputs = [infer(np.ones(sizes[-1], np.float32)) for _ in range(3)]
+    outputs.clear()
+    assert held() == (2, 2 * nbytes[-1])
     # a block larger than the whole limit is freed, not kept
     cbn.set_output_cache(nbytes[0] - 1)
     big = infer(np.ones(sizes[-1], np.float32))

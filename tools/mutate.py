@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEARCHED = ("src/cbn/csrc/*.c", "src/cbn/csrc/*.h", "src/cbn/*.py")
+SEARCHED = ("src/cbn/csrc/*.c", "src/cbn/csrc/*.h", "src/cbn/*.py", "src/cbn/*.pyx")
 PYTEST_ARGS = ["-m", "not slow", "-x", "-q", "-p", "no:cacheprovider"]
 
 
@@ -155,8 +155,8 @@ MUTANTS = [
            "x2 = (double)WIDEN_V(xw3[j]) - m",
            "channels-last backward pairs dy of one row with x of another"),
     Mutant("cl-apply-train-shift-column-0",
-           "(WIDEN_V(xr[j]) - center[j]) * scale[j] + shift[j]",
-           "(WIDEN_V(xr[j]) - center[j]) * scale[j] + shift[0]",
+           "TRAIN_VALUE(WIDEN_V(xr[j]), center[j], scale[j], shift[j])",
+           "TRAIN_VALUE(WIDEN_V(xr[j]), center[j], scale[j], shift[0])",
            "channels-last forward adds channel 0's shift everywhere"),
     Mutant("cl-second-pass-stores-wrong-channels",
            "if (!jb->second_pass[c]) continue;",
@@ -366,6 +366,20 @@ MUTANTS = [
            "if not count > 0:",
            "if not count >= 0:",
            "backward_dx with count 0 reaches the kernel (RuntimeError, not ValueError)"),
+    # ---- the output cache and float16's vectors ------------------------------------------------
+    Mutant("output-cache-never-reuses",
+           "block.ptr = _take(n)",
+           "block.ptr = NULL",
+           "gone outputs are held but never handed out again"),
+    Mutant("output-cache-ignores-limit",
+           "while _count > 0 and (_count == SLOTS or _held + n > _limit):",
+           "while _count == SLOTS:",
+           "more than the limit is held"),
+    Mutant("half-vector-clamp-swaps-operands",
+           "return _mm512_max_ps(lo, v);",
+           "return _mm512_max_ps(v, lo);",
+           "float16's ReLU turns NaN into 0 (maxps returns its second operand on NaN); the "
+           "AVX-512 build only, as the tests run at the machine's level"),
 ]
 
 
