@@ -47,3 +47,15 @@ def test_plan_path_answers_what_the_kernels_decide(many_threads):
     assert path_of(("NCHW", (8, 64, 8, 8)), "train") == "cf-columns"
     assert path_of(("NCHW", (8, 64, 8, 8)), "backward") in {"cf-groups", "cf-ranges"}
     assert path_of(("NCHW", (32, 64, 7, 7)), "backward") == "cf-columns"
+
+
+def test_column_mode_streams_from_half_the_size():
+    """plan.h: CBN_COLUMN_STREAM_MIN_BYTES. Column-mode training and backward stream their
+    output from 8 MiB (float32 32x2048x7x7: 12.8 MB), other paths from 16 MiB; inference of the
+    same tensor is not a column-mode call and keeps its output in cache."""
+    big, small = ("NCHW", (32, 2048, 7, 7)), ("NCHW", (16, 2048, 7, 7))   # 12.8 MB, 6.4 MB
+    assert path_of(big, "train") == "cf-columns+stream"
+    assert path_of(big, "backward") == "cf-columns+stream"
+    assert path_of(small, "train") == "cf-columns"
+    assert path_of(big, "infer") == "cf-apply"
+    assert path_of(("NCHW", (32, 64, 40, 40)), "train") in {"cf-groups", "cf-ranges"}  # 13 MB

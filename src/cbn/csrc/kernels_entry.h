@@ -31,7 +31,9 @@ static void FN(plan_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
 {
     cbn_make_plan(&jb->plan, N, C, S, layout, n_threads,
                   jb->op == OP_BACKWARD ? CBN_BACKWARD_COLUMN_MAX_S : CBN_COLUMN_MAX_S);
-    jb->stream = (double)(N * C * S) * sizeof(T) >= CBN_STREAM_MIN_BYTES;
+    jb->stream = (double)(N * C * S) * sizeof(T) >=
+                 (jb->plan.columns && !jb->apply_only ? CBN_COLUMN_STREAM_MIN_BYTES
+                                                      : CBN_STREAM_MIN_BYTES);
     jb->plan.prefetch = (double)(N * C * S) * sizeof(T) >= CBN_PREFETCH_MIN_BYTES;
 }
 
