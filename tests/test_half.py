@@ -133,19 +133,18 @@ def test_streaming_sizes_equal_float32_rounded(rng, case, name):
     check_train_and_backward(rng, case, name, "relu", True)
 
 
-@pytest.mark.parametrize("name", HALF)
-@pytest.mark.parametrize("activation", [None, "relu"])
-@pytest.mark.parametrize("case", ALL_CASES[::2] + STREAM_CASES[:1], ids=case_id)
-def test_infer_and_frozen_backward_equal_float32_rounded(rng, case, name, activation):
-    dt = half(name)
-    layout, x, dy, res, w, b, rm, rv = inputs(rng, case, dt)
+def assert_frozen_paths_rounded(dt, layout, activation, x, dy, res, rm, rv, w, b, y=None):
+    """Inference (without and with the residual) and backward through frozen statistics (with
+    the residual's gradient) equal the float32 calls on the widened inputs, rounded once; the
+    parameter gradients equal them exactly. y: the ReLU's output backward is given (default:
+    inference's own). Returns the 16-bit backward's results."""
     for r in (None, res):
-        y = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout, activation=activation,
-                                 residual=r)
-        y32 = cbn.batch_norm_infer(widen(x), rm, rv, w, b, layout=layout,
-                                   activation=activation, residual=widen(r))
-        assert_rounded_from(y, y32, dt, "infer")
-    yb = y if activation else None
+        got = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout, activation=activation,
+                                   residual=r)
+        want = cbn.batch_norm_infer(widen(x), rm, rv, w, b, layout=layout,
+                                    activation=activation, residual=widen(r))
+        assert_rounded_from(got, want, dt, "infer")
+    yb = (got if y is None else y) if activation else None
     g = cbn.batch_norm_infer_backward(dy, x, rm, rv, w, layout=layout, y=yb,
                                       activation=activation, residual=True)
     g32 = cbn.batch_norm_infer_backward(widen(dy), widen(x), rm, rv, w, layout=layout,
@@ -154,6 +153,16 @@ def test_infer_and_frozen_backward_equal_float32_rounded(rng, case, name, activa
     assert_identical(g[1], g32[1])
     assert_identical(g[2], g32[2])
     assert_rounded_from(g[3], g32[3], dt, "d_residual")
+    return g
+
+
+@pytest.mark.parametrize("name", HALF)
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("case", ALL_CASES[::2] + STREAM_CASES[:1], ids=case_id)
+def test_infer_and_frozen_backward_equal_float32_rounded(rng, case, name, activation):
+    dt = half(name)
+    layout, x, dy, res, w, b, rm, rv = inputs(rng, case, dt)
+    assert_frozen_paths_rounded(dt, layout, activation, x, dy, res, rm, rv, w, b)
 
 
 @pytest.mark.parametrize("name", HALF)
@@ -181,19 +190,7 @@ def test_non_finite_values_and_signed_zeros_equal_float32_rounded(rng, layout, s
     rv = rng.random(C).astype(np.float32) + 0.5
     w = rng.standard_normal(C).astype(np.float32)
     b = rng.standard_normal(C).astype(np.float32)
-    for r in (None, res):
-        got = cbn.batch_norm_infer(x, rm, rv, w, b, layout=layout, activation=activation,
-                                   residual=r)
-        want = cbn.batch_norm_infer(widen(x), rm, rv, w, b, layout=layout,
-                                    activation=activation, residual=widen(r))
-        assert_rounded_from(got, want, dt, "infer")
-    yb = y if activation else None
-    g = cbn.batch_norm_infer_backward(dy, x, rm, rv, w, layout=layout, y=yb,
-                                      activation=activation, residual=True)
-    g32 = cbn.batch_norm_infer_backward(widen(dy), widen(x), rm, rv, w, layout=layout,
-                                        y=widen(yb), activation=activation, residual=True)
-    assert_rounded_from(g[0], g32[0], dt, "dx")
-    assert_rounded_from(g[3], g32[3], dt, "d_residual")
+    g = assert_frozen_paths_rounded(dt, layout, activation, x, dy, res, rm, rv, w, b, y=y)
     # a ReLU's gradient is exactly +0 where y is not > 0 (NaN and -0 included)
     if activation:
         shut = ~(widen(y) > 0)
