@@ -643,7 +643,11 @@ APPLY_INLINE void FN(half_vector_step)(FN(op) op, cbn_half_vec lo, const T *cons
 
 /* The elementwise pass in 16-bit vectors (half_vector_step) over values [0, n), or without
  * masks over the whole vectors only; returns how many values it did, leaving the rest to the
- * scalar loops (or float16's blocks). */
+ * scalar loops (or float16's blocks). Whole vectors and the masked last one are two compiled
+ * copies of the arithmetic, and GCC may order the operands of + and * differently in each:
+ * where two NaNs meet, whose sign and payload come out can then depend on where a value sits
+ * (README: NaN/Inf). Every path through one copy (masked loads and stores for whole vectors
+ * too) took 1.3-1.4x the time of float16 inference in cache. */
 APPLY_INLINE int64_t FN(apply_half_vectors)(FN(op) op, int relu, const T *const *coef,
                                              int cstep, const TS *x, const TS *dy, const TS *y,
                                              const TS *res, TS *out, TS *dres, int64_t n)

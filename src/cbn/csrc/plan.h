@@ -50,7 +50,9 @@
  * 0.75-0.79 ms, backward 1.22 against 1.37), and their output is not left in cache.
  * Inference is not a column-mode call and keeps its cached output (12.8 MB: 0.23 ms, streamed
  * 0.78 ms when run back to back). */
+#ifndef CBN_COLUMN_STREAM_MIN_BYTES
 #define CBN_COLUMN_STREAM_MIN_BYTES (CBN_STREAM_MIN_BYTES / 2)
+#endif
 /* Values computed in L1 before being streamed out. */
 #define CBN_STREAM_BLOCK 1024
 /* Inputs smaller than this stay in cache between calls; the kernels then skip their software
