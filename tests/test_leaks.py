@@ -140,3 +140,30 @@ def test_rss_would_see_a_leak():
     grown = _rss() - before           # pages (not heap memory that earlier tests freed)
     del keep
     assert grown >= 48 * 2 ** 20, grown
+
+
+def test_memory_flat_over_allocating_calls_with_large_outputs():
+    """Outputs of 256 KiB and more go through the output cache (cbn._output_cache): a block
+    is kept when its array goes and handed to the next output of its size, so 3000 allocating
+    calls with 2 MiB outputs keep RSS flat (a lost block per call would add 6 GB), and what is
+    held stays within the cache's limits."""
+    from cbn import _output_cache
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 64, 16, 16)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    rm, rv = np.zeros(64, np.float32), np.ones(64, np.float32)
+    y, mean, invstd = cbn.batch_norm_train(x)
+
+    def calls():
+        cbn.batch_norm_infer(x, rm, rv)
+        cbn.batch_norm_train(x)
+        cbn.batch_norm_backward(dy, x, mean, invstd)
+
+    for _ in range(20):
+        calls()
+    before = _rss()
+    for _ in range(1000):
+        calls()
+    assert _rss() - before < RSS_TOLERANCE * 4
+    blocks, held, limit = _output_cache.state()
+    assert blocks <= 8 and held <= limit
