@@ -45,6 +45,37 @@ def test_output_offset_within_a_line_changes_no_bit(rng, case):
         assert_identical(out, yi, f"infer, out {offset} bytes into a line")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=lambda d: d.__name__)
+def test_input_offset_within_a_line_changes_no_bit(rng, dtype):
+    """Channels-last rows far apart (C over one column tile, inputs of 1 MB and more) are read
+    in column steps that start at x's first cache-line boundary: the steps move with x's
+    address, the bits must not."""
+    layout, shape = "NHWC", (2, 260, 1100)
+    item = np.dtype(dtype).itemsize
+    assert int(np.prod(shape)) * item >= 1 << 20          # large enough for the far-row reads
+    x0 = rng.standard_normal(shape).astype(dtype)
+    dy0 = rng.standard_normal(shape).astype(dtype)
+    weight, bias = make_params(rng, shape[-1], np.float32 if item == 2 else dtype)
+
+    def run(x_offset, dy_offset):
+        x = placed(shape, dtype, x_offset)
+        x[...] = x0
+        dy = placed(shape, dtype, dy_offset)
+        dy[...] = dy0
+        y, mean, invstd = cbn.batch_norm_train(x, weight, bias, layout=layout, activation="relu")
+        plain = cbn.batch_norm_backward(dy, x, mean, invstd, weight, layout=layout)
+        relu = cbn.batch_norm_backward(dy, x, mean, invstd, weight, layout=layout, y=y,
+                                       activation="relu")
+        return (y, mean, invstd) + plain + relu
+
+    expected = run(0, 0)
+    for x_items, dy_items in ((1, 1), (4, 4), (5, 3), (7, 2)):
+        got = run(x_items * item, dy_items * item)
+        for name, a, b in zip(("y", "mean", "invstd", "dx", "dweight", "dbias", "relu dx",
+                               "relu dweight", "relu dbias"), got, expected):
+            assert_identical(a, b, f"{name}, x {x_items} and dy {dy_items} values into a line")
+
+
 def page_distance(a, b):
     d = (_core.address(a) - _core.address(b)) % 4096
     return min(d, 4096 - d)
