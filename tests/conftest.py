@@ -115,6 +115,8 @@ THREAD_CASES = _tagged([
     ("NCHW", (4, 2, 129, 131), "cf-ranges"),
     ("NCHW", (4, 300, 9, 11), "cf-columns"),
     ("NCHW", (16, 40, 13, 15), "cf-ranges"),     # runs of 195: too long for columns
+    ("NCHW", (120, 3, 13, 11), "cf-ranges"),     # backward's lanes carried over runs of 143, and
+                                                 # over chunk bounds that cut runs
     ("NCHW", (8, 96, 32, 32), "cf-groups"),      # 8 groups of 12 channels: ranges from 3 threads
     ("NCHW", (50001, 3), "cl-blocks"),
     ("NCHW", (2, 3, 9, 61, 47), "cf-ranges"),

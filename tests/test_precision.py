@@ -118,6 +118,7 @@ BACKWARD_OFFSET_CASES = [
     ("NCHW", (16, 4, 300)),        # long runs, two chunks per channel
     ("NCHW", (12, 8, 33, 31)),     # long runs, several chunks
     ("NCHW", (64, 8, 7)),          # short runs: column mode
+    ("NCHW", (400, 2, 100)),       # runs of 100 in cache: lanes carried from run to run
     ("NCHW", (8, 6, 5, 5)),
     ("NHWC", (16, 9, 9, 16)),      # channels-last
     ("NHWC", (4, 8, 5, 600)),      # channels-last, more channels than a column tile

@@ -380,6 +380,11 @@ MUTANTS = [
            "return _mm512_max_ps(v, lo);",
            "float16's ReLU turns NaN into 0 (maxps returns its second operand on NaN); the "
            "AVX-512 build only, as the tests run at the machine's level"),
+    Mutant("carried-chunk-drops-run-tails",
+           "        FN(dy_run_tail)(dy, yr, x, i, len, center, a, q, d, t);\n    }",
+           "    }",
+           "a chunk of short runs carried across runs loses each run's last values (fewer than a "
+           "step) from the backward sums"),
 ]
 
 

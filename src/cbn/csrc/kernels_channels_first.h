@@ -46,26 +46,97 @@ static inline void FN(cf_reduce_piece)(const FN(job) *jb, int64_t c, int64_t off
 
 /* Distance from a piece at `off` to the same place in the next run of its channel, or 0 when it
  * is in the last run. */
+static inline int64_t cf_next_run(const cbn_plan *p, int64_t off)
+{
+    return off / (p->C * p->S) + 1 < p->N ? p->C * p->S : 0;
+}
+
+/* The `ahead` of a piece at `off`: the next run, when the data is large (plan.prefetch). */
 static inline int64_t cf_ahead(const cbn_plan *p, int64_t off)
 {
-    return p->prefetch && off / (p->C * p->S) + 1 < p->N ? p->C * p->S : 0;
+    return p->prefetch ? cf_next_run(p, off) : 0;
 }
+
+/* Whether the reduce carries its lanes across a chunk's runs (plan.carry_runs): the backward
+ * sums in float blocks. Where it does, every chunk is reduced by cf_reduce_chunk, in the order
+ * of its values, whichever way threads share the work. */
+static inline int FN(carries_lanes)(const FN(job) *jb)
+{
+#ifdef FLOAT_SUM_BLOCK
+    return jb->plan.carry_runs && !jb->plan.prefetch && jb->op == OP_BACKWARD;
+#else
+    (void)jb;
+    return 0;
+#endif
+}
+
+#ifdef FLOAT_SUM_BLOCK
+/* Backward's partials of chunk k of channel c with the lanes carried across its runs: a float
+ * block is FLOAT_BLOCK_STEPS steps of the chunk, which may span runs; each run's last values
+ * (fewer than a step) go to the double lanes. y: jb->y, or NULL (a constant at each call). */
+APPLY_INLINE void FN(cf_dy_chunk_body)(const FN(job) *jb, int64_t c, int64_t k,
+                                        const TS *y, double *acc)
+{
+    const cbn_plan *p = &jb->plan;
+    const double center = (double)jb->backward.mean[c];
+    const T cf = (T)center;
+    double a[FLANES] = {0.0}, q[FLANES] = {0.0}, d[D_LANES] = {0.0}, t[BACKWARD_SUMS] = {0.0};
+    T fa[FLANES] = {0}, fq[FLANES] = {0}, fd[FLANES] = {0};
+    int steps = 0;                           /* in the current block */
+    CF_FOR_PIECES(p, c, k, off, len) {
+        const TS *dy = jb->dy + off, *x = jb->x + off, *yr = y ? y + off : NULL;
+        const int64_t ahead = cf_next_run(p, off);   /* in cache, but a run away */
+        int64_t i = 0;
+        for (; i + LANES <= len; i += LANES) {
+            if (ahead) FN(prefetch_dy_step)(dy, yr, x, i + ahead);
+            FN(dy_float_step)(dy, yr, x, i, cf, fa, fq, fd);
+            if (++steps == FLOAT_BLOCK_STEPS) {
+                FN(carry_dy_block)(fa, fq, fd, a, q, d);
+                steps = 0;
+            }
+        }
+        FN(dy_run_tail)(dy, yr, x, i, len, center, a, q, d, t);
+    }
+    FN(carry_dy_block)(fa, fq, fd, a, q, d);
+    acc[0] = acc[1] = acc[2] = 0.0;
+    FN(add_dy_lanes)(a, q, d, t, acc);
+}
+
+static void FN(cf_dy_chunk_carried)(const FN(job) *jb, int64_t c, int64_t k, double *acc)
+{
+    if (jb->y) FN(cf_dy_chunk_body)(jb, c, k, jb->y, acc);
+    else FN(cf_dy_chunk_body)(jb, c, k, NULL, acc);
+}
+#endif
 
 /* Partials of chunk k of channel c (pivot: training's shift; exact: see cf_reduce_piece). */
 static void FN(cf_reduce_chunk)(const FN(job) *jb, int64_t c, int64_t k, double pivot,
                                 int exact, double *acc)
 {
+#ifdef FLOAT_SUM_BLOCK
+    if (!exact && FN(carries_lanes)(jb)) {
+        FN(cf_dy_chunk_carried)(jb, c, k, acc);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < FN(n_sums)(jb->op); i++) acc[i] = 0.0;
     CF_FOR_PIECES(&jb->plan, c, k, off, len)
         FN(cf_reduce_piece)(jb, c, off, len, pivot, cf_ahead(&jb->plan, off), exact, acc);
 }
 
 /* Partials of channels [c0, c1) in storage order (n outer): long contiguous streams that the
- * hardware prefetches well, instead of one short run per channel and n. */
+ * hardware prefetches well, instead of one short run per channel and n. Chunks whose lanes
+ * carry across runs go chunk by chunk instead (carries_lanes). */
 static void FN(cf_reduce_group)(const FN(job) *jb, int64_t c0, int64_t c1, double *part)
 {
     const cbn_plan *p = &jb->plan;
     const int64_t K = p->n_chunks, S = p->S, ns = FN(n_sums)(jb->op);
+    if (FN(carries_lanes)(jb)) {
+        for (int64_t c = c0; c < c1; c++)
+            for (int64_t k = 0; k < K; k++)
+                FN(cf_reduce_chunk)(jb, c, k, 0.0, 0, part + ns * (c * K + k));
+        return;
+    }
     memset(part + ns * c0 * K, 0, sizeof(double) * (size_t)(ns * (c1 - c0) * K));
     for (int64_t n = 0; n < p->N; n++)
         for (int64_t c = c0; c < c1; c++) {

@@ -444,39 +444,51 @@ static inline void FN(prefetch_dy_step)(const TS *dy, const TS *y, const TS *x, 
 }
 
 #ifdef FLOAT_SUM_BLOCK
-/* run_dy_sums_body in float blocks (see run_shifted_floats); the third sum's double lanes take
- * two float lanes each. center: a value of T (the saved mean). */
-APPLY_INLINE void FN(run_dy_floats)(const TS *restrict dy, const TS *restrict y,
-                                     const TS *restrict x, int64_t n, double center,
-                                     int64_t ahead, double *s)
+/* The backward sums in float blocks (see run_shifted_floats), in parts that a run
+ * (run_dy_floats) and a chunk of short runs (cf_dy_chunk_carried) both put together: a step
+ * of LANES values into the float lanes fa, fq, fd; a block's float lanes carried into the
+ * double lanes a, q, d (the third sum's double lanes take two float lanes each); a run's last
+ * values into the double lanes and t[]; and the lanes added up. center: a value of T (the saved
+ * mean). */
+APPLY_INLINE void FN(dy_float_step)(const TS *restrict dy, const TS *restrict y,
+                                     const TS *restrict x, int64_t i, T cf, T *restrict fa,
+                                     T *restrict fq, T *restrict fd)
 {
-    const T cf = (T)center;
-    double a[FLANES] = {0.0}, q[FLANES] = {0.0}, d[D_LANES] = {0.0};
     T dyb[LANES_BUF], yb[LANES_BUF], xb[LANES_BUF];
-    int64_t i = 0;
-    while (i + LANES <= n) {
-        T fa[FLANES] = {0}, fq[FLANES] = {0}, fd[FLANES] = {0};
-        for (const int64_t end = FN(block_end)(i, n); i + LANES <= end; i += LANES) {
-            if (ahead) FN(prefetch_dy_step)(dy, y, x, i + ahead);
-            const T *restrict dyw = LANES_VIEW(dyb, dy + i);
-            const T *restrict xw = LANES_VIEW(xb, x + i);
-            const T *restrict yw = y ? LANES_VIEW(yb, y + i) : NULL;
+    const T *restrict dyw = LANES_VIEW(dyb, dy + i);
+    const T *restrict xw = LANES_VIEW(xb, x + i);
+    const T *restrict yw = y ? LANES_VIEW(yb, y + i) : NULL;
 #pragma omp simd
-            for (int j = 0; j < FLANES; j++) {
-                const int k = j + FLANES;
-                const T g0 = yw ? FN(relu_grad)(dyw[j], yw[j]) : dyw[j],
-                        g1 = yw ? FN(relu_grad)(dyw[k], yw[k]) : dyw[k];
-                const T e0 = xw[j] - cf, e1 = xw[k] - cf;
-                fa[j] += g0 + g1;
-                fq[j] += MULADDF(g1, e1, g0 * e0);
-                fd[j] += e0 + e1;
-            }
-        }
-        FN(carry_flanes)(fa, a);
-        FN(carry_flanes)(fq, q);
-        for (int j = 0; j < D_LANES; j++) d[j] += (double)fd[j] + (double)fd[j + D_LANES];
+    for (int j = 0; j < FLANES; j++) {
+        const int k = j + FLANES;
+        const T g0 = yw ? FN(relu_grad)(dyw[j], yw[j]) : dyw[j],
+                g1 = yw ? FN(relu_grad)(dyw[k], yw[k]) : dyw[k];
+        const T e0 = xw[j] - cf, e1 = xw[k] - cf;
+        fa[j] += g0 + g1;
+        fq[j] += MULADDF(g1, e1, g0 * e0);
+        fd[j] += e0 + e1;
     }
-    if (i + FLANES <= n) {                   /* half a step, in double */
+}
+
+/* a block's float lanes into the double lanes; the float lanes start again from 0 */
+APPLY_INLINE void FN(carry_dy_block)(T *restrict fa, T *restrict fq, T *restrict fd,
+                                      double *restrict a, double *restrict q,
+                                      double *restrict d)
+{
+    FN(carry_flanes)(fa, a);
+    FN(carry_flanes)(fq, q);
+    for (int j = 0; j < D_LANES; j++) d[j] += (double)fd[j] + (double)fd[j + D_LANES];
+    for (int j = 0; j < FLANES; j++) fa[j] = fq[j] = fd[j] = 0;
+}
+
+/* Values [i, n) of a run, fewer than LANES: half a step into the double lanes, the rest one by
+ * one into t[0..2]; all in double. */
+APPLY_INLINE void FN(dy_run_tail)(const TS *restrict dy, const TS *restrict y,
+                                   const TS *restrict x, int64_t i, int64_t n, double center,
+                                   double *restrict a, double *restrict q, double *restrict d,
+                                   double *restrict t)
+{
+    if (i + FLANES <= n) {
 #pragma omp simd
         for (int j = 0; j < D_LANES; j++) {
             const int k = j + D_LANES;
@@ -491,16 +503,45 @@ APPLY_INLINE void FN(run_dy_floats)(const TS *restrict dy, const TS *restrict y,
         }
         i += FLANES;
     }
-    double ta = 0.0, tq = 0.0, td = 0.0;     /* the last values, in double */
+    double ta = t[0], tq = t[1], td = t[2];
     for (; i < n; i++) {
         const double g = (double)GRAD(dy, y, i), e = (double)WIDEN(x[i]) - center;
         ta += g;
         tq = MULADD(g, e, tq);
         td += e;
     }
-    s[0] += FN(sum_flanes)(a) + ta;
-    s[1] += FN(sum_flanes)(q) + tq;
-    s[2] += (((d[0] + d[4]) + (d[2] + d[6])) + ((d[1] + d[5]) + (d[3] + d[7]))) + td;
+    t[0] = ta;
+    t[1] = tq;
+    t[2] = td;
+}
+
+/* s[i] += the lanes of sum i */
+APPLY_INLINE void FN(add_dy_lanes)(const double *a, const double *q, const double *d,
+                                    const double *t, double *s)
+{
+    s[0] += FN(sum_flanes)(a) + t[0];
+    s[1] += FN(sum_flanes)(q) + t[1];
+    s[2] += (((d[0] + d[4]) + (d[2] + d[6])) + ((d[1] + d[5]) + (d[3] + d[7]))) + t[2];
+}
+
+/* run_dy_sums_body in float blocks: a block is FLOAT_BLOCK_STEPS steps of this run */
+APPLY_INLINE void FN(run_dy_floats)(const TS *restrict dy, const TS *restrict y,
+                                     const TS *restrict x, int64_t n, double center,
+                                     int64_t ahead, double *s)
+{
+    const T cf = (T)center;
+    double a[FLANES] = {0.0}, q[FLANES] = {0.0}, d[D_LANES] = {0.0}, t[BACKWARD_SUMS] = {0.0};
+    T fa[FLANES] = {0}, fq[FLANES] = {0}, fd[FLANES] = {0};
+    int64_t i = 0;
+    while (i + LANES <= n) {
+        for (const int64_t end = FN(block_end)(i, n); i + LANES <= end; i += LANES) {
+            if (ahead) FN(prefetch_dy_step)(dy, y, x, i + ahead);
+            FN(dy_float_step)(dy, y, x, i, cf, fa, fq, fd);
+        }
+        FN(carry_dy_block)(fa, fq, fd, a, q, d);
+    }
+    FN(dy_run_tail)(dy, y, x, i, n, center, a, q, d, t);
+    FN(add_dy_lanes)(a, q, d, t, s);
 }
 #endif
 

@@ -28,6 +28,7 @@ void cbn_make_plan(cbn_plan *p, int64_t N, int64_t C, int64_t S, cbn_layout layo
     p->whole_tiles = 0;
 
     p->columns = !channels_last && S <= column_max_s;
+    p->carry_runs = !channels_last && !p->columns && S <= CBN_CARRY_MAX_S;
     if (p->columns) {             /* one unit per channel: channels are never split */
         p->chunk = p->M;
         p->n_chunks = p->M > 0 ? 1 : 0;
