@@ -67,14 +67,15 @@ static inline int64_t FN(columns_per_step)(int far, int64_t w)
     return step < WIDE_STEP ? step : WIDE_STEP;
 }
 
-/* Rows far apart are read CL_PREFETCH_COLUMNS columns at a time. The first of a row step's
- * column steps ends at the next 64-byte boundary of x's row, so that every later vector reads
- * whole cache lines of x (and of dy, where it sits at the same offset, as NumPy places large
- * arrays). A vector across two lines shares one with the next vector of its row, and with rows
- * a multiple of 4 KiB apart (C = 1024 float32) the 8 rows of x and of dy fill the lines' L1 set
- * before it is read again: 256x1024 float32 backward took 1.6x the time with x and dy both 16
- * bytes past a line as with both on one (0.69x with this, AMD Zen 4). Each column is summed on
- * its own, so where the steps start changes no result. */
+/* Rows far apart are read CL_PREFETCH_COLUMNS columns at a time. In the backward sums, the
+ * first of a row step's column steps ends at the next 64-byte boundary of x's row, so that
+ * every later vector reads whole cache lines of x (and of dy, where it sits at the same offset,
+ * as NumPy places large arrays). A vector across two lines shares one with the next vector of
+ * its row, and with rows a multiple of 4 KiB apart (C = 1024 float32) the 8 rows of x and of dy
+ * fill the lines' L1 set before it is read again: 256x1024 float32 backward took 1.6x the time
+ * with x and dy both 16 bytes past a line as with both on one (0.69x with this, AMD Zen 4).
+ * Training reads 8 rows of x only, which fit the set: there the shorter first step cost more
+ * than it saved. Each column is summed on its own, so where the steps start changes no result. */
 static inline int64_t FN(lead_columns)(const TS *row, int far)
 {
     return far ? (int64_t)(((64 - ((uintptr_t)row & 63)) & 63) / sizeof(TS)) : 0;
@@ -145,9 +146,8 @@ static int64_t FN(cl_shifted_blocks)(const TS *x, int64_t C, FN(tile) t,
     int64_t r = t.r0;
     for (; r + 8 <= t.r1; r += 8) {
         const TS *x0 = x + r * C + t.c0;
-        const int64_t lead = FN(lead_columns)(x0, far);
-        for (int64_t j0 = 0, m; j0 < t.w; j0 += m) {
-            m = FN(step_columns)(j0, lead, step, t.w);
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t m = j0 + step < t.w ? step : t.w - j0;
             if (t.prefetch) FN(prefetch_tile_step)(x, C, t, far, ahead, r, 8, j0);
             int64_t xs;
             const TV *restrict w = FN(rows8_view)(b, x0 + j0, C, m, &xs);
@@ -185,9 +185,8 @@ static void FN(cl_shifted_sums)(const TS *x, int64_t C, FN(tile) t, const double
 #endif
     for (; r + 4 <= t.r1; r += 4) {
         const TS *x0 = x + r * C + t.c0, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
-        const int64_t lead = FN(lead_columns)(x0, far);
-        for (int64_t j0 = 0, m; j0 < t.w; j0 += m) {
-            m = FN(step_columns)(j0, lead, step, t.w);
+        for (int64_t j0 = 0; j0 < t.w; j0 += step) {
+            const int64_t m = j0 + step < t.w ? step : t.w - j0;
             if (t.prefetch) FN(prefetch_tile_step)(x, C, t, far, ahead, r, 4, j0);
             const TV *restrict w0 = WIDE_VIEW(b0, x0 + j0, m),
                     *restrict w1 = WIDE_VIEW(b1, x1 + j0, m),
