@@ -12,7 +12,12 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-import cbn
+# A busy machine makes calls run on one thread for a while (src/cbn/csrc/contention.c). The
+# tests ask for thread counts to check that every count gives the same bits, so they keep the
+# counts they ask for; tests/test_contention.py checks the fallback in processes of its own.
+os.environ.setdefault("CBN_CONTENTION_FALLBACK", "0")
+
+import cbn  # noqa: E402 (after the environment it reads)
 from cbn._layout import channel_axis, is_channels_last  # noqa: F401 (the tests' layout helpers)
 
 # Test modules do `from conftest import ...`; make that work under any pytest import mode.

@@ -19,6 +19,10 @@ cdef extern from "thread_limit.h" nogil:
     int cbn_thread_limit(int requested)
 
 
+cdef extern from "contention.h" nogil:
+    void cbn_contention_note(double wall, double cpu)
+    int cbn_contended()
+
 cdef extern from "dispatch.h" nogil:
     int cbn_cpu_supports_level(const char *level)
     int cbn_cpu_dispatched()
@@ -232,6 +236,17 @@ def thread_limit(int requested):
     """requested clamped as every kernel call clamps it (CPUs offered, OMP_THREAD_LIMIT; 1 in
     a forked child)."""
     return cbn_thread_limit(requested)
+
+
+def contention_note(double wall, double cpu):
+    """The busy-machine rule on a helper thread that ran `wall` seconds and got `cpu` seconds of
+    CPU (contention.c; the kernels apply it to their own helper threads)."""
+    cbn_contention_note(wall, cpu)
+
+
+def contended():
+    """Whether calls now run on one thread because a helper thread lost its CPU lately."""
+    return bool(cbn_contended())
 
 
 _PATH_OPS = {"train": CBN_PATH_TRAIN, "backward": CBN_PATH_BACKWARD, "infer": CBN_PATH_INFER}

@@ -26,6 +26,9 @@ DEFAULT_SHAPES = [
 SWEEP_SHAPES = [(32, 64, 56, 56)]
 # The contention check of --busy: a mid-size training case (ResNet's first stage, batch 32).
 CONTENTION_SHAPE = (32, 64, 56, 56)
+# --busy: seconds idle before the idle timings, and of calls beside the busy process before the
+# busy ones: longer than cbn's one-thread spell after contention (csrc/contention.c, 0.25 s)
+CONTENTION_SETTLE_S = 0.5
 
 # Bytes that must cross memory, in units of x.nbytes: train and infer read x and write y,
 # backward reads x and dy and writes dx; train_residual also reads r; infer_backward reads x and

@@ -1,10 +1,12 @@
 """One measurement each: a case of the main table, the per-call cost, the copy bandwidth, and
 the contention check of --busy. Every function returns a JSON-ready record."""
+import time
+
 import numpy as np
 
 from . import _copy
 from .arrays import make_inputs
-from .cases import CONTENTION_SHAPE, TRAFFIC, layout_shape
+from .cases import CONTENTION_SETTLE_S, CONTENTION_SHAPE, TRAFFIC, layout_shape
 from .kernels import KERNEL_CALLS
 from .peers import (IMPLS, PEERS, copy_candidate, main_output, make_candidates, max_rel_error,
                     strided_sample)
@@ -111,9 +113,16 @@ def measure_contention(n_threads, busy, dtype, layouts, rounds=30):
         many = make_candidates("train", inputs, n_threads, ["cbn"])["cbn"]
         busy.pause()
         try:
+            # after contention cbn runs on one thread for 0.25 s (csrc/contention.c): an idle
+            # machine is one that has been idle longer than that
+            time.sleep(CONTENTION_SETTLE_S)
             idle = time_interleaved({"idle_1": one, "idle_n": many}, rounds, budget=2.0)
         finally:
             busy.resume()
+        # contention that lasts: cbn notices it within tens of milliseconds of calls
+        settle = time.perf_counter() + CONTENTION_SETTLE_S
+        while time.perf_counter() < settle:
+            many()
         loaded = time_interleaved({"busy_n": many}, rounds, budget=2.0)
         res = {**idle, **loaded}
         rows.append({

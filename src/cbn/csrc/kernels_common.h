@@ -130,8 +130,17 @@ static inline int64_t FN(n_sums)(FN(op) op)
         if (n_ <= 1) {                                                                          \
             fn(jb, 0, 1);                                                                       \
         } else {                                                                                \
+            /* contention.h: the helpers' lost time, on calls long enough to pay for it */      \
+            const int measure_ = (double)(jb)->plan.M * (double)(jb)->plan.C >=                 \
+                                 CBN_CONTENTION_MIN_VALUES;                                     \
+            const double team_start_ = measure_ ? cbn_team_start() : 0.0;                       \
             _Pragma("omp parallel num_threads(n_)")                                             \
-            fn(jb, omp_get_thread_num(), omp_get_num_threads());                                \
+            {                                                                                   \
+                const int t_ = omp_get_thread_num(), helper_ = t_ && measure_;                  \
+                const double cpu_ = helper_ ? cbn_thread_cpu() : 0.0;                           \
+                fn(jb, t_, omp_get_num_threads());                                              \
+                if (helper_) cbn_helper_finished(team_start_, cpu_);                            \
+            }                                                                                   \
         }                                                                                       \
     } while (0)
 

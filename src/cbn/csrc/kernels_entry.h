@@ -45,6 +45,7 @@ static int FN(start_job)(FN(job) *jb, int64_t N, int64_t C, int64_t S, cbn_layou
 {
     cbn_plan *p = &jb->plan;
     FN(plan_job)(jb, N, C, S, layout, n_threads);
+    if (p->n_threads > 1 && cbn_contended()) p->n_threads = 1;   /* a busy machine */
     const int by_tiles = p->channels_last && FN(cl_by_whole_tiles)(jb);  /* stack only */
     const int reduces = !jb->apply_only && !by_tiles;
     const int64_t n_part = !reduces ? 0

@@ -40,6 +40,7 @@
 #include "omp_compat.h"
 #include "stream_store.h"
 #include "scratch.h"
+#include "contention.h"
 
 #ifndef STATS_MAX_CANCEL
 #error "define STATS_MAX_CANCEL before including kernels_impl.h"

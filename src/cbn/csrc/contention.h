@@ -1,0 +1,23 @@
+/* contention.h - calls on a busy machine (see contention.c): a team whose helper thread got too
+ * little of the CPU makes the calls that follow, for a while, run on one thread. */
+#ifndef CBN_CONTENTION_H
+#define CBN_CONTENTION_H
+
+/* Teams of calls with fewer values do not measure: a helper's CPU clock costs about 0.5 us
+ * (a system call in a virtual machine), 5% of an 8x64x8x8 call. Their calls still fall back. */
+#define CBN_CONTENTION_MIN_VALUES (1 << 18)
+
+/* Monotonic wall-clock seconds: when the calling thread starts a team. */
+double cbn_team_start(void);
+/* CPU seconds of the calling thread: when a helper thread starts its share of the team's work. */
+double cbn_thread_cpu(void);
+/* At the end of a helper thread's share: notes whether it lost its CPU. */
+void cbn_helper_finished(double team_start, double cpu_start);
+/* The rule itself: a helper that ran `wall` seconds since its team started and got `cpu`
+ * seconds of CPU (cbn_helper_finished's measurement; the tests call it with their own). */
+void cbn_contention_note(double wall, double cpu);
+/* Whether a call should now run on one thread (1), or may start a team (0). Always 0 where
+ * the environment variable CBN_CONTENTION_FALLBACK is "0". */
+int cbn_contended(void);
+
+#endif
