@@ -89,3 +89,16 @@ def test_fallback_off_in_the_environment():
         assert not _core.contended()
         print("ok")
     """, fallback="0")
+
+
+def test_set_contention_fallback_returns_the_previous_state_and_checks_its_argument():
+    was = cbn.set_contention_fallback(True)
+    try:
+        assert cbn.set_contention_fallback(False) is True
+        assert cbn.set_contention_fallback(False) is False
+        cbn._core.contention_note(0.030, 0.0)
+        assert not cbn._core.contended()              # off: no call falls back
+        with pytest.raises(TypeError, match="bool"):
+            cbn.set_contention_fallback(1)
+    finally:
+        cbn.set_contention_fallback(was)

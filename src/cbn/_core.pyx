@@ -22,6 +22,7 @@ cdef extern from "thread_limit.h" nogil:
 cdef extern from "contention.h" nogil:
     void cbn_contention_note(double wall, double cpu)
     int cbn_contended()
+    int cbn_set_contention_fallback(int on)
 
 cdef extern from "dispatch.h" nogil:
     int cbn_cpu_supports_level(const char *level)
@@ -242,6 +243,12 @@ def contention_note(double wall, double cpu):
     """The busy-machine rule on a helper thread that ran `wall` seconds and got `cpu` seconds of
     CPU (contention.c; the kernels apply it to their own helper threads)."""
     cbn_contention_note(wall, cpu)
+
+
+def set_contention_fallback(bint on):
+    """Turn the busy-machine fallback on or off (cbn.set_contention_fallback); returns whether
+    it was on."""
+    return bool(cbn_set_contention_fallback(on))
 
 
 def contended():

@@ -67,3 +67,16 @@ def get_num_threads() -> int:
 def openmp_enabled() -> bool:
     """True when cbn was built with OpenMP (otherwise every kernel runs on one thread)."""
     return _core.openmp_enabled()
+
+
+def set_contention_fallback(on: bool) -> bool:
+    """Turn the busy-machine fallback on or off; return whether it was on.
+
+    While helper threads lose their CPU to other processes (more than a fifth of the last
+    ~100 ms), calls run on one thread for 250 ms, then try a team again; results are the same
+    bits either way. It is on unless the environment variable CBN_CONTENTION_FALLBACK is "0".
+    Turn it off to measure thread scaling, or peak speed beside other processes' short bursts.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"set_contention_fallback: on must be a bool, got {type(on).__name__}")
+    return _core.set_contention_fallback(on)

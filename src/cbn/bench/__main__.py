@@ -120,6 +120,11 @@ def main(argv=None):
     min_slow = 1 if args.quick else min(3, rounds)
     dtype = np.dtype(args.dtype)
     impls, own_process = _choose_impls(args)
+    # Peers interleaved with cbn (PyTorch's OpenMP threads spin on after each of its samples,
+    # in its own process with --isolated) take cbn's cores in bursts, which cbn's busy-machine
+    # fallback answers with 250 ms on one thread: the table measures cbn's teams, and --busy
+    # turns the fallback on for its own check.
+    cbn.set_contention_fallback(False)
     if args.align_sweep:
         impls, own_process = ["cbn"], []
     if "torch" in impls and "torch" not in own_process:
@@ -139,6 +144,7 @@ def main(argv=None):
         "jax": "disabled" if args.no_jax else _version("jax"),
         "onnxruntime": "disabled" if args.no_ort else _version("onnxruntime"),
         "python": platform.python_version(), "openmp": bool(cbn.openmp_enabled()),
+        "contention_fallback": "off (on for the --busy check)",
         "dtype": dtype.name, "rounds": rounds, "budget_s": budget,
         "min_slow_samples": min_slow, "impls": impls, "own_process": own_process,
         "stat": args.stat, "cold": bool(args.cold), "llc_bytes": last_level_cache_bytes(),

@@ -4,6 +4,8 @@ import time
 
 import numpy as np
 
+import cbn
+
 from . import _copy
 from .arrays import make_inputs
 from .cases import CONTENTION_SETTLE_S, CONTENTION_SHAPE, TRAFFIC, layout_shape
@@ -105,6 +107,14 @@ def measure_contention(n_threads, busy, dtype, layouts, rounds=30):
     The mean, not the median: a thread that lost its core stalls the whole call, and those
     stalls are what contention costs. Returns one record per layout.
     """
+    was_on = cbn.set_contention_fallback(True)      # cbn as it runs by default
+    try:
+        return _contention_rows(n_threads, busy, dtype, layouts, rounds)
+    finally:
+        cbn.set_contention_fallback(was_on)
+
+
+def _contention_rows(n_threads, busy, dtype, layouts, rounds):
     rows = []
     for layout in layouts:
         inputs = make_inputs(layout_shape(CONTENTION_SHAPE, layout), layout, dtype,

@@ -72,6 +72,8 @@ def print_header(meta, out):
     p(f"  versions: cbn {meta['cbn']}, numpy {meta['numpy']}, torch {meta['torch']}, "
       f"jax {meta['jax']}, onnxruntime {meta['onnxruntime']}, python {meta['python']}")
     p(f"  OpenMP:   {'on' if meta['openmp'] else 'OFF (serial build: every kernel runs on 1 thread)'}")
+    if "contention_fallback" in meta:
+        p(f"  fallback: cbn's busy-machine fallback {meta['contention_fallback']}")
     p("  arrays:   allocated as NumPy code does (generator outputs, np.empty_like, cbn's own "
       "allocating call)")
     isolated = [LABELS[i] for i in meta.get("own_process", [])]

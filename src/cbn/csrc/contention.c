@@ -16,8 +16,9 @@
  * lost 1-12 ms every 0.25-0.5 s (bursts of up to 12 ms within 15 ms), beside the spinning
  * process 2-5 ms every 8 ms.
  *
- * CBN_CONTENTION_FALLBACK=0 in the environment (read at the first call) turns it off, for
- * measurements of thread scaling. Without OpenMP there are no teams, and without the POSIX
+ * cbn_set_contention_fallback(0), or CBN_CONTENTION_FALLBACK=0 in the environment (read at the
+ * first call), turns it off: for measurements of thread scaling, or of peak speed beside other
+ * processes' transient threads. Without OpenMP there are no teams, and without the POSIX
  * clocks nothing is measured: calls then always may start a team. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -99,7 +100,7 @@ void cbn_helper_finished(double team_start, double cpu_start)
     cbn_contention_note(wall, cbn_thread_cpu() - cpu_start);
 }
 
-int cbn_contended(void)
+static int fallback_is_on(void)
 {
     int on = __atomic_load_n(&fallback_on, __ATOMIC_RELAXED);
     if (on < 0) {
@@ -107,7 +108,19 @@ int cbn_contended(void)
         on = !(v && strcmp(v, "0") == 0) && CBN_CONTENTION_BACKOFF_MS > 0;
         __atomic_store_n(&fallback_on, on, __ATOMIC_RELAXED);
     }
-    if (!on) return 0;
+    return on;
+}
+
+int cbn_set_contention_fallback(int on)
+{
+    const int was = fallback_is_on();
+    __atomic_store_n(&fallback_on, on != 0 && CBN_CONTENTION_BACKOFF_MS > 0, __ATOMIC_RELAXED);
+    return was;
+}
+
+int cbn_contended(void)
+{
+    if (!fallback_is_on()) return 0;
     const int64_t until = __atomic_load_n(&one_thread_until_ns, __ATOMIC_RELAXED);
     return until != 0 && seconds(CLOCK_MONOTONIC) * 1e9 < (double)until;
 }
@@ -125,4 +138,9 @@ void cbn_helper_finished(double team_start, double cpu_start)
     (void)cpu_start;
 }
 int cbn_contended(void) { return 0; }
+int cbn_set_contention_fallback(int on)
+{
+    (void)on;
+    return 0;                     /* nothing measured: never on */
+}
 #endif

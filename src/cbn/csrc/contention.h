@@ -16,8 +16,11 @@ void cbn_helper_finished(double team_start, double cpu_start);
 /* The rule itself: a helper that ran `wall` seconds since its team started and got `cpu`
  * seconds of CPU (cbn_helper_finished's measurement; the tests call it with their own). */
 void cbn_contention_note(double wall, double cpu);
-/* Whether a call should now run on one thread (1), or may start a team (0). Always 0 where
- * the environment variable CBN_CONTENTION_FALLBACK is "0". */
+/* Whether a call should now run on one thread (1), or may start a team (0). Always 0 while the
+ * fallback is off. */
 int cbn_contended(void);
+/* Turns the fallback on (1) or off (0) for every later call; returns whether it was on. Until
+ * it is set, it is on unless the environment variable CBN_CONTENTION_FALLBACK is "0". */
+int cbn_set_contention_fallback(int on);
 
 #endif
