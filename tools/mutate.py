@@ -385,6 +385,15 @@ MUTANTS = [
            "    }",
            "a chunk of short runs carried across runs loses each run's last values (fewer than a "
            "step) from the backward sums"),
+    Mutant("contended-calls-still-start-teams",
+           "    if (p->n_threads > 1 && cbn_contended()) p->n_threads = 1;   /* a busy machine */\n",
+           "",
+           "calls on a busy machine keep waiting for helper threads that lost their CPU"),
+    Mutant("contention-probe-never-decides",
+           "    if (__atomic_exchange_n(&next_is_probe, 0, __ATOMIC_RELAXED) &&",
+           "    if (0 && __atomic_exchange_n(&next_is_probe, 0, __ATOMIC_RELAXED) &&",
+           "a probe team that lost its CPU again goes back to teams until a fifth of a window "
+           "is lost again"),
 ]
 
 
