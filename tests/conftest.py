@@ -18,6 +18,8 @@ import pytest
 os.environ.setdefault("CBN_CONTENTION_FALLBACK", "0")
 
 import cbn  # noqa: E402 (after the environment it reads)
+
+cbn.set_contention_fallback(False)      # also where the environment asked for it
 from cbn._layout import channel_axis, is_channels_last  # noqa: F401 (the tests' layout helpers)
 
 # Test modules do `from conftest import ...`; make that work under any pytest import mode.

@@ -31,10 +31,22 @@ needs_openmp = pytest.mark.skipif(not cbn.openmp_enabled(), reason="a serial bui
 def test_lost_time_over_a_fifth_of_the_window_falls_back_to_one_thread():
     run_in_fresh_process("""
         assert not _core.contended()
-        _core.contention_note(0.010, 0.009)      # 1 ms off the CPU: nothing
+        _core.contention_note(0.010, 0.009)      # 1 ms off the CPU (less 50 us to start)
         _core.contention_note(0.010, 0.0)        # 11 ms lost lately: under 20 of 100 ms
         assert not _core.contended()
-        _core.contention_note(0.012, 0.0)        # 23 ms
+        _core.contention_note(0.019, 0.0)        # 30 ms
+        assert _core.contended()
+        print("ok")
+    """)
+
+
+@needs_openmp
+def test_a_team_of_many_helpers_counts_their_mean_loss():
+    run_in_fresh_process("""
+        for _ in range(2):
+            _core.contention_note(0.030, 0.0, n_helpers=4)   # 7.5 ms each: 15 ms
+        assert not _core.contended()
+        _core.contention_note(0.030, 0.0, n_helpers=4)       # 22.5 ms
         assert _core.contended()
         print("ok")
     """)
@@ -47,9 +59,9 @@ def test_after_the_backoff_a_probe_decides():
         assert _core.contended()
         time.sleep(0.3)                          # past the 250 ms
         assert not _core.contended()
-        _core.contention_note(0.002, 0.0)        # the probe lost its CPU too: one thread again
-        assert _core.contended()
-        time.sleep(0.3)
+        _core.contention_note(0.002, 0.0)        # the probe lost its CPU too: one thread again,
+        assert _core.contended()                 # for 500 ms (the spell came back at once)
+        time.sleep(0.6)
         _core.contention_note(0.002, 0.002)      # a probe that kept its CPU: teams again ...
         assert not _core.contended()
         _core.contention_note(0.002, 0.0)        # ... until a fifth of a window is lost again
@@ -69,6 +81,7 @@ def test_calls_while_contended_start_no_thread_and_give_the_same_bits():
         assert _core.contended()
         before = threads()
         y, m, s = cbn.batch_norm_train(x, n_threads=2)
+        _core.contention_note(0.030, 0.0)        # the 250 ms again, however slow the call
         dx = cbn.batch_norm_backward(x, x, m, s, n_threads=2)[0]
         assert threads() == before, "a contended call started threads"
         time.sleep(0.3)                          # the backoff is over: a team again
@@ -78,6 +91,21 @@ def test_calls_while_contended_start_no_thread_and_give_the_same_bits():
             assert threads() > before, "no team after the backoff"
         for a, b in ((y, y2), (m, m2), (s, s2), (dx, dx2)):
             assert a.tobytes() == b.tobytes()
+        print("ok")
+    """)
+
+
+@needs_openmp
+def test_a_spell_that_comes_back_at_once_lasts_twice_as_long():
+    run_in_fresh_process("""
+        _core.contention_note(0.030, 0.0)
+        time.sleep(0.3)                          # the 250 ms are over
+        assert not _core.contended()
+        _core.contention_note(0.030, 0.0)        # lost again at once: 500 ms
+        time.sleep(0.3)
+        assert _core.contended()
+        time.sleep(0.3)
+        assert not _core.contended()
         print("ok")
     """)
 
@@ -92,13 +120,14 @@ def test_fallback_off_in_the_environment():
 
 
 def test_set_contention_fallback_returns_the_previous_state_and_checks_its_argument():
-    was = cbn.set_contention_fallback(True)
-    try:
+    run_in_fresh_process("""
+        import pytest
         assert cbn.set_contention_fallback(False) is True
         assert cbn.set_contention_fallback(False) is False
-        cbn._core.contention_note(0.030, 0.0)
-        assert not cbn._core.contended()              # off: no call falls back
+        _core.contention_note(0.030, 0.0)
+        assert not _core.contended()             # off: no call falls back
+        assert cbn.set_contention_fallback(True) is False
         with pytest.raises(TypeError, match="bool"):
             cbn.set_contention_fallback(1)
-    finally:
-        cbn.set_contention_fallback(was)
+        print("ok")
+    """)

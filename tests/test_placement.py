@@ -45,12 +45,13 @@ def test_output_offset_within_a_line_changes_no_bit(rng, case):
         assert_identical(out, yi, f"infer, out {offset} bytes into a line")
 
 
+@pytest.mark.parametrize("C", [1100, 1027], ids=["C1100", "C1027-last-tile-3-wide"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=lambda d: d.__name__)
-def test_input_offset_within_a_line_changes_no_bit(rng, dtype):
+def test_input_offset_within_a_line_changes_no_bit(rng, dtype, C):
     """Channels-last rows far apart (C over one column tile, inputs of 1 MB and more): the
     backward sums read them in column steps that start at x's first cache-line boundary. The
     steps move with x's address, the bits must not (training's too)."""
-    layout, shape = "NHWC", (2, 260, 1100)
+    layout, shape = "NHWC", (2, 260, C)
     item = np.dtype(dtype).itemsize
     assert int(np.prod(shape)) * item >= 1 << 20          # large enough for the far-row reads
     x0 = rng.standard_normal(shape).astype(dtype)

@@ -20,7 +20,7 @@ cdef extern from "thread_limit.h" nogil:
 
 
 cdef extern from "contention.h" nogil:
-    void cbn_contention_note(double wall, double cpu)
+    void cbn_contention_note(double wall, double cpu, int n_helpers)
     int cbn_contended()
     int cbn_set_contention_fallback(int on)
 
@@ -239,10 +239,11 @@ def thread_limit(int requested):
     return cbn_thread_limit(requested)
 
 
-def contention_note(double wall, double cpu):
-    """The busy-machine rule on a helper thread that ran `wall` seconds and got `cpu` seconds of
-    CPU (contention.c; the kernels apply it to their own helper threads)."""
-    cbn_contention_note(wall, cpu)
+def contention_note(double wall, double cpu, int n_helpers=1):
+    """The busy-machine rule on a report of a helper thread, one of n_helpers, whose team
+    started `wall` seconds ago and which got `cpu` seconds of CPU (contention.c; the kernels
+    apply it to their own helper threads)."""
+    cbn_contention_note(wall, cpu, n_helpers)
 
 
 def set_contention_fallback(bint on):

@@ -73,8 +73,8 @@ def set_contention_fallback(on: bool) -> bool:
     """Turn the busy-machine fallback on or off; return whether it was on.
 
     While helper threads lose their CPU to other processes (more than a fifth of the last
-    ~100 ms), calls run on one thread for 250 ms, then try a team again; results are the same
-    bits either way. It is on unless the environment variable CBN_CONTENTION_FALLBACK is "0".
+    ~100 ms), calls run on one thread for 250 ms (up to 2 s while it goes on), then try a team
+    again; results are the same bits either way. It is on unless the environment variable CBN_CONTENTION_FALLBACK is "0".
     Turn it off to measure thread scaling, or peak speed beside other processes' short bursts.
     """
     if not isinstance(on, bool):

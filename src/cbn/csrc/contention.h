@@ -7,15 +7,18 @@
  * (a system call in a virtual machine), 5% of an 8x64x8x8 call. Their calls still fall back. */
 #define CBN_CONTENTION_MIN_VALUES (1 << 18)
 
-/* Monotonic wall-clock seconds: when the calling thread starts a team. */
+/* Monotonic wall-clock seconds when the calling thread starts a team; negative when nothing is
+ * to be measured (the fallback is off, or there is no clock). */
 double cbn_team_start(void);
-/* CPU seconds of the calling thread: when a helper thread starts its share of the team's work. */
+/* CPU seconds of the calling thread (negative where the clock cannot be read): when a helper
+ * thread starts its share of the team's work. */
 double cbn_thread_cpu(void);
-/* At the end of a helper thread's share: notes whether it lost its CPU. */
-void cbn_helper_finished(double team_start, double cpu_start);
-/* The rule itself: a helper that ran `wall` seconds since its team started and got `cpu`
- * seconds of CPU (cbn_helper_finished's measurement; the tests call it with their own). */
-void cbn_contention_note(double wall, double cpu);
+/* At the end of a helper thread's share: notes how much of its CPU it lost. n_helpers: the
+ * team's threads but the one that started it. */
+void cbn_helper_finished(double team_start, double cpu_start, int n_helpers);
+/* The rule on a report made up by the tests: a helper of a team of n_helpers helpers, which
+ * started `wall` seconds ago, got `cpu` seconds of CPU. */
+void cbn_contention_note(double wall, double cpu, int n_helpers);
 /* Whether a call should now run on one thread (1), or may start a team (0). Always 0 while the
  * fallback is off. */
 int cbn_contended(void);

@@ -133,13 +133,14 @@ static inline int64_t FN(n_sums)(FN(op) op)
             /* contention.h: the helpers' lost time, on calls long enough to pay for it */      \
             const int measure_ = (double)(jb)->plan.M * (double)(jb)->plan.C >=                 \
                                  CBN_CONTENTION_MIN_VALUES;                                     \
-            const double team_start_ = measure_ ? cbn_team_start() : 0.0;                       \
+            const double team_start_ = measure_ ? cbn_team_start() : -1.0;                      \
             _Pragma("omp parallel num_threads(n_)")                                             \
             {                                                                                   \
-                const int t_ = omp_get_thread_num(), helper_ = t_ && measure_;                  \
-                const double cpu_ = helper_ ? cbn_thread_cpu() : 0.0;                           \
-                fn(jb, t_, omp_get_num_threads());                                              \
-                if (helper_) cbn_helper_finished(team_start_, cpu_);                            \
+                const int t_ = omp_get_thread_num(), nt_ = omp_get_num_threads();               \
+                const int helper_ = t_ && team_start_ >= 0.0;                                   \
+                const double cpu_ = helper_ ? cbn_thread_cpu() : -1.0;                          \
+                fn(jb, t_, nt_);                                                                \
+                if (helper_) cbn_helper_finished(team_start_, cpu_, nt_ - 1);                   \
             }                                                                                   \
         }                                                                                       \
     } while (0)
