@@ -78,7 +78,7 @@ static inline int64_t FN(columns_per_step)(int far, int64_t w)
  * than it saved. Each column is summed on its own, so where the steps start changes no result. */
 static inline int64_t FN(lead_columns)(const TS *row, int far)
 {
-    return far ? (int64_t)(((64 - ((uintptr_t)row & 63)) & 63) / sizeof(TS)) : 0;
+    return far ? (int64_t)(cbn_bytes_to_line(row) / sizeof(TS)) : 0;
 }
 
 /* Columns of the step at j0 of a tile w wide: `lead` first (when not 0), then `step`. */

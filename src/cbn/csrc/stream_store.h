@@ -22,12 +22,18 @@
 
 #define CBN_LINE_BYTES 64
 
+/* Bytes from p to the next cache-line boundary (0 on one). */
+static inline size_t cbn_bytes_to_line(const void *p)
+{
+    return (size_t)(-(uintptr_t)p & (CBN_LINE_BYTES - 1));
+}
+
 static inline void cbn_stream_bytes(void *dst, const void *src, size_t n)
 {
 #if defined(__SSE2__)
     char *d = (char *)dst;
     const char *s = (const char *)src;
-    size_t head = (size_t)(-(uintptr_t)d & (CBN_LINE_BYTES - 1));
+    size_t head = cbn_bytes_to_line(d);
     if (head > n) head = n;
     memcpy(d, s, head);
     d += head, s += head, n -= head;
